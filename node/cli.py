@@ -1,0 +1,191 @@
+"""``alnnode``: the command line of the node (admin) and of the research tools.
+
+Edge commands live here; research and worker commands are dispatched lazily to ``workers`` so the
+edge never imports torch or monai.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from node import __version__
+from node.errors import ConfigError, NodeError
+
+# Research/compute commands: name -> module whose main(argv) runs it (imported only when used).
+WORKER_COMMANDS = {
+    "phantom": ("workers.research.phantom", "make synthetic breast-ultrasound cine loops"),
+    "train": ("workers.research.train", "train a classifier with cross-validation"),
+    "evaluate": ("workers.research.evaluate", "metrics, DeLong CIs and report"),
+    "bundle": ("workers.bundle", "make or inspect a MONAI model bundle"),
+    "worker": ("workers.worker", "run Celery workers for the gpu/io queues"),
+}
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if verbose == 0:
+        # our own one-line messages say what failed; pynetdicom's ERROR lines would repeat it
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alnnode", description="ALN cine-loop AI node (research use, not for diagnostic use)")
+    p.add_argument("--version", action="version", version=f"alnnode {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", help="TOML config file (default: $ALNNODE_CONFIG, else built-in defaults)")
+        return sp
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    with_config(cfg_sub.add_parser("check", help="validate and print the effective configuration"))
+
+    with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
+
+    st = with_config(sub.add_parser("status", help="job counts by state and the last jobs"))
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("-n", "--last", type=int, default=10, help="how many recent jobs to list")
+
+    ec = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    ec.add_argument("to", metavar="AE@HOST:PORT")
+    ec.add_argument("--calling", default="ALNNODE", help="our calling AE title")
+    ec.add_argument("--timeout", type=float, default=10.0)
+
+    sd = sub.add_parser("send", help="C-STORE files/directories, each in its own transfer syntax")
+    sd.add_argument("paths", nargs="+", metavar="PATH")
+    sd.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    sd.add_argument("--calling", default="ALNNODE", help="our calling AE title")
+    sd.add_argument("--timeout", type=float, default=60.0)
+    sd.add_argument("-q", "--quiet", action="store_true", help="only the summary and failures")
+
+    for name, (_module, help_text) in WORKER_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from node.config import effective_toml, load_config
+
+    settings = load_config(args.config)
+    print(effective_toml(settings))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.service import Node, serve_forever
+
+    settings = load_config(args.config)
+    node = Node.open(settings)
+
+    def ready(host: str, port: int) -> None:
+        print(f"alnnode: {settings.node.ae_title} listening on {host}:{port} (data in {settings.storage.data_dir})", flush=True)
+
+    serve_forever(node, ready)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.ledger import Ledger, as_jsonable
+
+    settings = load_config(args.config)
+    ledger = Ledger(settings.ledger_url)
+    counts = ledger.counts()
+    jobs = as_jsonable(ledger.last_jobs(args.last))
+    assocs = ledger.association_summary()
+    if args.json:
+        print(json.dumps({"counts": counts, "associations": assocs, "last_jobs": jobs}, indent=2))
+        return 0
+    print("jobs by state: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print("associations: " + (", ".join(f"{k} {v}" for k, v in sorted(assocs.items())) or "none"))
+    if jobs:
+        print(f"last {len(jobs)} job(s):")
+        print(f"  {'SOP Instance UID':<64} {'state':<10} {'frames':>6}  reason")
+        for j in jobs:
+            reason = j["reason"] or ""
+            if j["stage"]:
+                reason = f"[{j['stage']}] {reason}"
+            if j["probability"]:
+                reason = f"p={j['probability']} {reason}".strip()
+            print(f"  {j['sop_instance_uid']:<64} {j['state']:<10} {j['frames'] or '':>6}  {reason}")
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from node.scu import echo, parse_address
+
+    to = parse_address(args.to)
+    echo(to, calling=args.calling, timeout=args.timeout)
+    print(f"C-ECHO {to}: success")
+    return 0
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from node.scu import SendResult, parse_address, send
+
+    to = parse_address(args.to)
+
+    def progress(i: int, n: int, r: SendResult) -> None:
+        if r.ok and args.quiet:
+            return
+        mark = "OK  " if r.ok else "FAIL"
+        print(f"[{i}/{n}] {mark} {r.path}: {r.message}", flush=True)
+
+    results = send(args.paths, to, calling=args.calling, timeout=args.timeout, progress=progress)
+    failed = [r for r in results if not r.ok]
+    print(f"sent {len(results) - len(failed)} of {len(results)} file(s) to {to}; {len(failed)} failed")
+    if not results:
+        print("alnnode send: no files found", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Worker commands parse their own options: hand over everything after the command name.
+    for i, word in enumerate(argv):
+        if word in WORKER_COMMANDS:
+            if all(a.startswith("-") for a in argv[:i]):
+                _setup_logging(argv[:i].count("-v") + 2 * argv[:i].count("-vv"))
+                module = importlib.import_module(WORKER_COMMANDS[word][0])
+                return int(module.main(argv[i + 1 :]))
+            break
+        if not word.startswith("-"):
+            break
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    handlers = {
+        "config": _cmd_config_check,
+        "serve": _cmd_serve,
+        "status": _cmd_status,
+        "echo": _cmd_echo,
+        "send": _cmd_send,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"alnnode: config: {line}", file=sys.stderr)
+        return 2
+    except NodeError as exc:
+        print(f"alnnode: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The durable spool: received objects, stored under a name derived from their SOP Instance UID.
+
+Layout under ``data_dir``::
+
+    incoming/   temp files of associations in progress (removed at start-up)
+    spool/ab/cd/<sha256(uid)>.dcm
+
+A path never contains a raw UID or any value from the data set (PS3.10 file names are not
+trusted input); the hash makes the name fixed-length and filesystem-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def uid_key(sop_instance_uid: str) -> str:
+    """Hex SHA-256 of a SOP Instance UID: the spool name of that instance."""
+    return hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (POSIX needs the directory fsync'd)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Spool:
+    """The spool and incoming folders of one data dir."""
+
+    data_dir: Path
+    fsync: bool = True
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def incoming(self) -> Path:
+        return self.data_dir / "incoming"
+
+    def prepare(self) -> int:
+        """Create the folders and remove temp debris of interrupted associations; returns files removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for entry in self.incoming.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        if removed:
+            logger.warning("removed %d temp file(s) of interrupted associations from %s", removed, self.incoming)
+            if self.fsync:
+                fsync_dir(self.incoming)
+        return removed
+
+    def relpath(self, sop_instance_uid: str) -> str:
+        key = uid_key(sop_instance_uid)
+        return f"{key[:2]}/{key[2:4]}/{key}.dcm"
+
+    def path_of(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def commit(self, temp: Path, sop_instance_uid: str) -> tuple[str, bool]:
+        """Durably move ``temp`` into the spool; returns (relative path, newly stored).
+
+        The data is fsync'd before the rename and the directory after it, so a success answered
+        afterwards survives a crash or power loss. If the instance is already spooled the temp
+        file is left for the caller to discard and ``False`` is returned.
+        """
+        rel = self.relpath(sop_instance_uid)
+        final = self.root / rel
+        if final.exists():
+            return rel, False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(temp, final)
+        if self.fsync:
+            fsync_dir(final.parent)
+        return rel, True
+
+    def discard(self, temp: Path) -> None:
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def iter_relpaths(self) -> list[str]:
+        """Every spooled file, as a path relative to the spool root."""
+        return sorted(str(p.relative_to(self.root)) for p in self.root.glob("??/??/*.dcm"))
+
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.data_dir).free / 1e6

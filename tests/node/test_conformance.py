@@ -1,0 +1,44 @@
+"""The conformance statement's tables are the SCP's actual presentation contexts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from node.config import load_config
+from node.ledger import Ledger
+from node.receive.scp import Receiver
+from node.spool import Spool
+
+DOC = Path(__file__).resolve().parents[2] / "conformance" / "ConformanceStatement.md"
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    nxt = re.search(r"^#{1,4} ", text[start + len(heading):], re.M)
+    return text[start: start + len(heading) + (nxt.start() if nxt else len(text))]
+
+
+def uids_in(text: str) -> list[str]:
+    return re.findall(r"^\|[^|]*\| `([0-9.]+)` \|", text, re.M)
+
+
+def test_statement_matches_the_ae(tmp_path: Path) -> None:
+    settings = load_config(None, storage={"data_dir": str(tmp_path)})
+    ae = Receiver(settings, Spool(tmp_path), Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")).build_ae()
+    actual: dict[str, set[str]] = {}
+    for cx in ae.supported_contexts:
+        actual[str(cx.abstract_syntax)] = {str(t) for t in cx.transfer_syntax}
+
+    text = DOC.read_text(encoding="utf-8")
+    sop = section(text, "#### 4.2.1")
+    ts = section(text, "#### 4.2.2")
+    documented_classes = set(uids_in(sop))
+    documented_ts = uids_in(ts)
+    assert documented_classes == set(actual), "SOP class table differs from the AE"
+    storage = {uid for uid in actual if uid != "1.2.840.10008.1.1"}
+    for uid in storage:
+        assert actual[uid] == set(documented_ts), f"transfer syntaxes of {uid} differ from the table"
+    verification_rows = re.findall(r"^\|[^|]*\| `([0-9.]+)` \| yes \|", ts, re.M)
+    assert set(verification_rows) == actual["1.2.840.10008.1.1"]
+    assert f"{settings.node.max_associations}" in section(text, "#### 4.2.3")
