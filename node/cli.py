@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--timeout", type=float, default=60.0)
     sd.add_argument("-q", "--quiet", action="store_true", help="only the summary and failures")
 
+    rt = with_config(sub.add_parser("retry", help="re-send results (or re-run failed jobs)"))
+    rt.add_argument("uid", nargs="?", metavar="UID", help="SOP Instance UID of the source loop")
+    rt.add_argument("--failed", action="store_true", help="every failed job")
+
     for name, (_module, help_text) in WORKER_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return p
@@ -87,9 +91,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from node.service import Node, serve_forever
 
     settings = load_config(args.config)
-    node = Node.open(settings)
+    node = Node.open(settings, args.config or os.environ.get("ALNNODE_CONFIG"))
 
     def ready(host: str, port: int) -> None:
+        if node.bundle is not None and node.bundle.research_only:
+            print(f"alnnode: model {node.bundle.name} is a RESEARCH model (untrained or synthetic-only): research use only", flush=True)
         print(f"alnnode: {settings.node.ae_title} listening on {host}:{port} (data in {settings.storage.data_dir})", flush=True)
 
     serve_forever(node, ready)
@@ -152,6 +158,38 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.ledger import Ledger
+    from node.outbox import dispatch_results, result_files
+    from node.queue import Enqueuer
+
+    if bool(args.uid) == bool(args.failed):
+        raise NodeError("retry needs a UID or --failed (not both)")
+    settings = load_config(args.config)
+    ledger = Ledger(settings.ledger_url)
+    if args.failed:
+        rows = ledger.failed()
+    else:
+        row = ledger.find(args.uid)
+        if row is None:
+            raise NodeError(f"no job with SOP Instance UID {args.uid!r} in the ledger")
+        rows = [row]
+    bad = 0
+    for row in rows:
+        uid = row["sop_instance_uid"]
+        if row["state"] in ("rendered", "dispatched") or row["stage"] == "dispatch":
+            ok = dispatch_results(settings, ledger, uid, result_files(settings, uid))
+            print(f"{uid}: {'dispatched' if ok else 'failed again: ' + str(ledger.find(uid)['reason'])}")  # type: ignore[index]
+            bad += not ok
+        else:
+            Enqueuer(settings, ledger).classify(uid)
+            print(f"{uid}: re-queued for classification")
+    if not rows:
+        print("nothing to retry")
+    return 1 if bad else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Worker commands parse their own options: hand over everything after the command name.
@@ -172,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _cmd_status,
         "echo": _cmd_echo,
         "send": _cmd_send,
+        "retry": _cmd_retry,
     }
     try:
         return handlers[args.command](args)

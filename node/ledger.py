@@ -287,6 +287,30 @@ class Ledger:
             )
             conn.execute(insert(state_changes).values(instance_id=iid, state=state, at=t, detail=reason))
 
+    def touch(self, sop_instance_uid: str) -> None:
+        """Refresh ``updated_at`` (a task was re-sent for this job) without a state change."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(instances).where(instances.c.sop_instance_uid == sop_instance_uid).values(updated_at=now())
+            )
+
+    def stale(self, older_than_seconds: float) -> list[dict[str, Any]]:
+        """Unfinished jobs whose state has not changed for ``older_than_seconds`` (lost messages)."""
+        limit = now() - dt.timedelta(seconds=older_than_seconds)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(instances)
+                .where(instances.c.state.not_in(list(FINISHED_STATES)))
+                .where(instances.c.updated_at < limit)
+                .order_by(instances.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def failed(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(instances).where(instances.c.state == "failed").order_by(instances.c.id))
+            return [dict(r._mapping) for r in rows]
+
     def unfinished(self) -> list[dict[str, Any]]:
         """Instances not yet in a final state, oldest first (re-enqueued after a restart)."""
         with self.engine.connect() as conn:
@@ -348,6 +372,90 @@ class Ledger:
                 .where(instances.c.sop_instance_uid == sop_instance_uid)
             )
             return [dict(r._mapping) for r in rows]
+
+    # -- deliveries (node/dispatch) ---------------------------------------------------------
+    DELIVERY_STATES = ("pending", "sent", "failed")
+
+    def _delivery_row(self, conn: Any, sop_instance_uid: str, destination: str, result_uid: str) -> tuple[int, Any]:
+        """(instance id, delivery row or None) for one result of one source instance at one destination."""
+        iid = conn.execute(select(instances.c.id).where(instances.c.sop_instance_uid == sop_instance_uid)).scalar()
+        if iid is None:
+            raise ValueError(f"source instance {sop_instance_uid} is not in the ledger")
+        row = conn.execute(
+            select(deliveries.c.id, deliveries.c.attempts).where(
+                deliveries.c.instance_id == iid,
+                deliveries.c.destination == destination,
+                deliveries.c.result_uid == result_uid,
+            )
+        ).first()
+        return int(iid), row
+
+    def record_attempt(
+        self,
+        sop_instance_uid: str,
+        destination: str,
+        result_uid: str,
+        state: str,
+        error: str | None = None,
+        *,
+        count: bool = True,
+    ) -> int:
+        """Record one delivery attempt of ``result_uid`` (a result of ``sop_instance_uid``) to ``destination``.
+
+        ``state`` is pending (will be retried), sent or failed; ``error`` the reason of a failed
+        attempt (cleared on success). ``count=False`` only sets the state (e.g. pending when queued).
+        Returns the number of attempts recorded so far for this result and destination.
+        """
+        if state not in self.DELIVERY_STATES:
+            raise ValueError(f"unknown delivery state {state!r} (expected one of {', '.join(self.DELIVERY_STATES)})")
+        t = now()
+        destination = destination[:64]  # the column's width
+        with self.engine.begin() as conn:
+            iid, row = self._delivery_row(conn, sop_instance_uid, destination, result_uid)
+            attempts = (int(row.attempts) if row else 0) + (1 if count else 0)
+            values = {"state": state, "attempts": attempts, "last_error": error, "updated_at": t}
+            if row is None:
+                conn.execute(
+                    insert(deliveries).values(
+                        instance_id=iid, destination=destination, result_uid=result_uid, **values
+                    )
+                )
+            else:
+                conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
+        return attempts
+
+    def deliveries_for_retry(
+        self, destination: str | None = None, *, include_failed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Deliveries not finished (pending; with ``include_failed`` also failed), oldest first.
+
+        Each row carries the source instance's ``sop_instance_uid`` besides the delivery columns,
+        so a restarted node (or an operator's retry) can find the result objects to send again.
+        """
+        states = ["pending", "failed"] if include_failed else ["pending"]
+        query = (
+            select(deliveries, instances.c.sop_instance_uid)
+            .join(instances, instances.c.id == deliveries.c.instance_id)
+            .where(deliveries.c.state.in_(states))
+            .order_by(deliveries.c.updated_at, deliveries.c.id)
+        )
+        if destination is not None:
+            query = query.where(deliveries.c.destination == destination)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """{destination: {state: number of result deliveries}} for ``alnnode status``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries.c.destination, deliveries.c.state, func.count()).group_by(
+                    deliveries.c.destination, deliveries.c.state
+                )
+            )
+            out: dict[str, dict[str, int]] = {}
+            for dest, state, n in rows:
+                out.setdefault(dest, {s: 0 for s in self.DELIVERY_STATES})[state] = int(n)
+            return out
 
 
 def as_jsonable(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import NodeProcess, free_port, write_config
 
+pytest_plugins = ["tests.orthanc"]
+
 
 @pytest.fixture
 def node_env(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:

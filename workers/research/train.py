@@ -1,0 +1,330 @@
+"""``alnnode train``: the study's training recipe with patient-grouped, stratified k-fold cross-validation.
+
+Recipe (seed/aln-us-video-paper.txt): random init, Adam, lr 1e-4, batch 4, 300 epochs, cross-entropy,
+T = 16, 5-fold cross-validation, the augmentation of :mod:`workers.preprocess`; the fold model with the
+highest held-out AUC is the one that is deployed (``OUT/best``). Folds are grouped by patient (no patient in
+both training and validation) and stratified by label. Static baselines (resnet50, inceptionv3, vgg19) learn
+from single frames (one random frame of the loop per step) and are evaluated, as at inference, on every
+sampled frame of the evaluation clips with their logits averaged.
+
+Outputs under ``OUT``: ``fold{k}/bundle`` (MONAI bundle), ``fold{k}/checkpoint.pt``, ``best/``,
+``oof_predictions.csv`` (``case_id,label,score``: each loop scored by the fold that held it out; usable by
+``alnnode evaluate --predictions``), ``history.csv``, ``curves.png`` (the study's Figure 4), ``summary.json``
+and, with ``--ensemble``, ``ensemble_predictions.csv`` (mean of the fold models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.bundle import save_bundle
+from workers.models import ARCHS
+from workers.research import stats
+from workers.research.evaluate import EvaluationError
+from workers.research.train_data import (
+    EvalClips,
+    FrameCache,
+    ManifestRow,
+    base_for,
+    describe_data,
+    grouped_stratified_folds,
+    is_synthetic,
+    read_manifest,
+)  # fmt: skip
+from workers.research.train_loop import HISTORY_COLUMNS, FoldConfig, evaluate_rows, resolve_device, train_fold
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FoldSummary", "Summary", "main", "train_cv", "train_demo_bundle"]
+
+
+@dataclass
+class FoldSummary:
+    fold: int
+    n_train: int
+    n_val: int
+    epoch: int  # epoch whose weights the bundle holds
+    val_auc: float  # held-out AUC of those weights
+    best_epoch: int
+    best_val_auc: float
+    bundle: str
+    seconds: float
+
+
+@dataclass
+class Summary:
+    """What ``summary.json`` holds; ``best_bundle`` is ``OUT/best``."""
+
+    out: str
+    arch: str
+    folds: list[FoldSummary]
+    mean_auc: float
+    sd_auc: float
+    oof_auc: float
+    oof_ci: tuple[float, float]
+    best_fold: int
+    best_bundle: str
+    oof_predictions: str
+    config: dict[str, Any]
+    data: dict[str, Any]
+    versions: dict[str, str]
+    seconds: float
+    ensemble_predictions: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def train_cv(
+    manifest: str | Path, arch: str, out: str | Path, *, folds: int = 5, epochs: int = 300, lr: float = 1e-4,
+    batch: int = 4, frames: int = 16, size: int = 224, device: str | None = None, seed: int = 0,
+    resume: bool = False, options: dict[str, Any] | None = None, progress: bool = True, ensemble: bool = False,
+    workers: int = 0, synthetic: bool | None = None, select: str = "last", schedule: str = "constant",
+    cache_dir: str | Path | None = None,
+) -> Summary:
+    """Cross-validate ``arch`` on the loops of ``manifest`` and write bundles, predictions and curves to ``out``.
+
+    ``synthetic`` (None: every DICOM's Manufacturer is "aln-node phantom") sets the bundles' synthetic_only.
+    ``select="last"`` keeps each fold's final weights; ``"best"`` its epoch with the highest held-out AUC
+    (optimistic: the held-out fold then chose the epoch). ``schedule="cosine"`` anneals lr to 0 (not the
+    study's). ``cache_dir`` (default ``out/cache``) holds the decoded frames and may be shared between runs.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+    if select not in ("last", "best") or schedule not in ("constant", "cosine"):
+        raise ValueError(f"select must be last|best and schedule constant|cosine, got {select!r}, {schedule!r}")
+    if min(epochs, batch, frames) < 1 or lr <= 0:
+        raise ValueError(f"epochs, batch, frames must be >= 1 and lr > 0, got {epochs}, {batch}, {frames}, {lr}")
+    started = time.perf_counter()
+    manifest, out = Path(manifest), Path(out)
+    rows = read_manifest(manifest)
+    splits = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], folds, seed)
+    dev = resolve_device(device)
+    synthetic_only = is_synthetic(rows) if synthetic is None else synthetic
+    data = describe_data(manifest, rows, synthetic_only)
+    base = base_for(size)
+    cache = FrameCache(Path(cache_dir) if cache_dir else out / "cache", base)
+    cache.warm(rows, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = dict(options or {})
+    config = {"manifest": str(manifest.resolve()), "arch": arch, "folds": folds, "epochs": epochs, "lr": lr,
+              "batch": batch, "frames": frames, "size": size, "base": base, "device": str(dev), "seed": seed,
+              "options": opts, "select": select, "schedule": schedule, "optimizer": "Adam", "loss": "cross-entropy",
+              "static_single_frame": arch in ("resnet50", "inceptionv3", "vgg19")}  # fmt: skip
+    oof = np.full(len(rows), np.nan)
+    fold_of = np.full(len(rows), -1)
+    summaries, history, models = [], [], []
+    for k, val_idx in enumerate(splits):
+        train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
+        cfg = FoldConfig(arch, opts, epochs, lr, batch, frames, size, base, seed, k, schedule, select)
+        fold_dir = out / f"fold{k}"
+        result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache, device=dev,
+                            checkpoint=fold_dir / "checkpoint.pt", resume=resume, workers=workers, progress=progress)  # fmt: skip
+        oof[val_idx], fold_of[val_idx] = result.val_scores, k
+        training = {"folds": folds, "fold": k, "epochs": epochs, "kept_epoch": result.epoch, "lr": lr, "batch": batch,
+                    "optimizer": "Adam", "schedule": schedule, "seed": seed, "held_out_auc": _num(result.val_auc),
+                    "best_epoch": result.best_epoch, "best_held_out_auc": _num(result.best_auc),
+                    "n_train": len(train_idx), "n_val": len(val_idx), "data": data.text()}  # fmt: skip
+        bundle = save_bundle(result.model.cpu(), fold_dir / "bundle", arch=arch, options=cfg.build_options(),
+                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training)  # fmt: skip
+        summaries.append(FoldSummary(k, len(train_idx), len(val_idx), result.epoch, result.val_auc, result.best_epoch,
+                                     result.best_auc, str(bundle), result.seconds))  # fmt: skip
+        history += result.history
+        models.append(result.model)
+    labels = np.array([r.label for r in rows])
+    est = stats.auc_delong(labels, oof)
+    aucs = np.array([s.val_auc for s in summaries], dtype=float)
+    best = int(np.nanargmax(np.where(np.isnan(aucs), -np.inf, aucs)))
+    best_dir = out / "best"
+    if best_dir.exists():
+        shutil.rmtree(best_dir)
+    shutil.copytree(summaries[best].bundle, best_dir)
+    oof_path = _write_predictions(out / "oof_predictions.csv", rows, oof, fold_of)
+    _write_history(out / "history.csv", history)
+    plot_curves(history, out / "curves.png", title=f"{arch}: {folds}-fold cross-validation")
+    summary = Summary(str(out), arch, summaries, float(np.nanmean(aucs)), float(np.nanstd(aucs, ddof=1)) if folds > 1 else 0.0,
+                      est.auc, (est.ci_low, est.ci_high), best, str(best_dir), str(oof_path), config, asdict(data),
+                      _versions(), 0.0)  # fmt: skip
+    if ensemble:
+        clips = EvalClips(cache, frames, size)
+        scores = np.mean([evaluate_rows(m.to(dev), rows, clips, dev)[0] for m in models], axis=0)
+        summary.ensemble_predictions = str(_write_predictions(out / "ensemble_predictions.csv", rows, scores, None))
+        summary.notes.append("ensemble_predictions.csv: each loop was in the training data of folds-1 of the "
+                             "averaged models; not a held-out estimate")  # fmt: skip
+    if arch in ("resnet50", "inceptionv3", "vgg19"):
+        summary.notes.append("static baseline: trained on one random frame per loop and step; evaluated on every "
+                             "sampled frame of the evaluation clips with mean logits")  # fmt: skip
+    summary.seconds = time.perf_counter() - started
+    (out / "summary.json").write_text(json.dumps(_clean(asdict(summary)), indent=2) + "\n")
+    logger.info("%s: OOF AUC %.3f (%.3f-%.3f), folds %s, best fold %d, %.0f s", arch, est.auc, est.ci_low,
+                est.ci_high, np.round(aucs, 3).tolist(), best, summary.seconds)  # fmt: skip
+    return summary
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return _num(float(v))
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _versions() -> dict[str, str]:
+    import monai
+
+    from workers import __version__
+
+    return {"aln_node": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def _write_predictions(path: Path, rows: list[ManifestRow], scores: np.ndarray, folds: np.ndarray | None) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "label", "score", "patient_id", "fold", "path"])
+        for i, r in enumerate(rows):
+            writer.writerow([r.case_id, r.label, f"{float(scores[i]):.10g}", r.patient_id,
+                             "" if folds is None else int(folds[i]), r.path])  # fmt: skip
+    return path
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
+    """Loss and AUC against epoch, training and held-out, one line per fold (the study's Figure 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    panels = [("train_loss", "training loss"), ("train_auc", "training AUC"),
+              ("val_loss", "held-out loss"), ("val_auc", "held-out AUC")]  # fmt: skip
+    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
+        for fold in sorted({int(h["fold"]) for h in history}):
+            rows = [h for h in history if int(h["fold"]) == fold]
+            ax.plot([h["epoch"] for h in rows], [h[key] for h in rows], marker="." if len(rows) < 30 else None,
+                    label=f"fold {fold}")  # fmt: skip
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if "auc" in key:
+            ax.set_ylim(0, 1.02)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def train_demo_bundle(out_dir: Path, *, n: int = 40, seed: int = 0) -> Path:
+    """Train a small TIN (ResNet-18 variant, 8 frames, 64 px) on ``n`` phantom loops for ``make demo``.
+
+    One patient-grouped 80/20 split (not cross-validation); a few minutes on 2 CPU cores. The held-out
+    AUC is written into the bundle's training metadata. Returns the bundle path (``out_dir/bundle``).
+    """
+    from workers.research.phantom import generate
+
+    out_dir = Path(out_dir)
+    phantoms = out_dir / "phantoms"
+    if not (phantoms / "manifest.csv").is_file():
+        generate(phantoms, n, seed=seed, frames=24, size=(160, 208))
+    rows = read_manifest(phantoms / "manifest.csv")
+    val_idx = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], 5, seed)[0]
+    train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
+    options = {"depth": 18}
+    cfg = FoldConfig("tin", options, 12, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
+    cache = FrameCache(out_dir / "cache", cfg.base)
+    result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache,
+                        device=resolve_device(None), progress=False)  # fmt: skip
+    training = {"epochs": cfg.epochs, "lr": cfg.lr, "batch": cfg.batch, "schedule": cfg.schedule, "seed": seed,
+                "split": "one patient-grouped 80/20 split", "held_out_auc": _num(result.val_auc),
+                "n_train": len(train_idx), "n_val": len(val_idx),
+                "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at 160x208"}  # fmt: skip
+    logger.info("demo bundle: held-out AUC %.3f on %d loops", result.val_auc, len(val_idx))
+    return save_bundle(result.model.cpu(), out_dir / "bundle", arch="tin", options=cfg.build_options(),
+                       name="aln-tin18-demo", synthetic_only=True, training=training)  # fmt: skip
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (``depth=18`` -> 18), else kept as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--options wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alnnode train", description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", type=Path, required=True, help="CSV path,label,patient_id[,case_id]")
+    p.add_argument("--arch", required=True, choices=ARCHS)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--frames", type=int, default=16, help="clip length T")
+    p.add_argument("--size", type=int, default=224, help="model input side")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from each fold's checkpoint")
+    p.add_argument("--ensemble", action="store_true", help="also write the fold-ensemble predictions")
+    p.add_argument("--options", nargs="*", default=[], type=_option, metavar="KEY=VALUE",
+                   help="model options, e.g. depth=18")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--synthetic", choices=("auto", "yes", "no"), default="auto",
+                   help="bundle synthetic_only (auto: DICOM Manufacturer is 'aln-node phantom')")
+    p.add_argument("--select", choices=("last", "best"), default="last", help="fold weights kept: last epoch or best held-out")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule")
+    p.add_argument("--cache", type=Path, default=None, help="decoded-frame cache folder (default OUT/cache)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``alnnode train``; 0 on success, 2 with a one-line error on bad input."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    synthetic = {"auto": None, "yes": True, "no": False}[args.synthetic]
+    try:
+        s = train_cv(args.manifest, args.arch, args.out, folds=args.folds, epochs=args.epochs, lr=args.lr,
+                     batch=args.batch, frames=args.frames, size=args.size, device=args.device, seed=args.seed,
+                     resume=args.resume, options=dict(args.options), ensemble=args.ensemble, workers=args.workers,
+                     synthetic=synthetic, select=args.select, schedule=args.schedule, cache_dir=args.cache)  # fmt: skip
+    except (EvaluationError, ValueError, OSError) as exc:
+        print(f"alnnode train: error: {exc}", file=sys.stderr)
+        return 2
+    for f in s.folds:
+        print(f"fold {f.fold}: held-out AUC {f.val_auc:.3f} (epoch {f.epoch}; best {f.best_val_auc:.3f} at {f.best_epoch})")
+    print(f"{s.arch}: OOF AUC {s.oof_auc:.3f} (95% CI {s.oof_ci[0]:.3f}-{s.oof_ci[1]:.3f}), mean fold AUC "
+          f"{s.mean_auc:.3f} ± {s.sd_auc:.3f}; best fold {s.best_fold} -> {s.best_bundle}")  # fmt: skip
+    print(f"wrote {s.oof_predictions}, {Path(s.out) / 'history.csv'}, curves.png, summary.json in {s.seconds:.0f} s")
+    return 0

@@ -1,0 +1,200 @@
+"""Data side of ``alnnode train``: grouped stratified folds, a decoded-frame cache and the clip datasets.
+
+Decoding a JPEG cine loop costs far more than a training step of a small network on the CPU, so every
+loop is decoded once: frames -> crop of the ultrasound image region (:func:`workers.preprocess.find_image_region`)
+-> resized to ``base`` x ``base`` (bilinear, antialiased, as :func:`workers.preprocess.make_transform` does)
+-> uint8 ``.npy`` under the cache folder, memory-mapped afterwards. The study's transform then runs on
+these frames each step; with the cached frames already at ``base`` its first resize is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from workers.decode import load_clip
+from workers.preprocess import find_image_region, make_transform, sample_clip_indices
+from workers.research.evaluate import ManifestRow, read_manifest
+from workers.research.phantom_dicom import MANUFACTURER as PHANTOM_MANUFACTURER
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClipDataset", "FrameCache", "ManifestRow", "base_for", "describe_data", "grouped_stratified_folds",
+           "is_synthetic", "read_manifest"]  # fmt: skip
+
+
+def base_for(size: int) -> int:
+    """The resize side whose 7/8 centre/random crop is ``size`` (256 for 224, the study's geometry)."""
+    base = round(size * 8 / 7)
+    while round(base * 7 / 8) < size:
+        base += 1
+    return base
+
+
+# ------------------------------------------------------------------------------------------- folds
+def grouped_stratified_folds(
+    labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0
+) -> list[np.ndarray]:
+    """Validation indices of ``n_folds`` folds: every group (patient) in exactly one fold, classes balanced.
+
+    Greedy like scikit-learn's ``StratifiedGroupKFold(shuffle=True)``: groups are shuffled with ``seed``,
+    sorted by how unevenly their samples spread over the classes (stable), and each goes to the fold where
+    it least increases the spread of per-class fold shares (ties: the smallest fold, then the lowest index).
+
+    Raises
+    ------
+    ValueError
+        Fewer groups than folds, or mismatched lengths.
+    """
+    y = np.asarray(labels, dtype=int)
+    if len(y) != len(groups):
+        raise ValueError(f"{len(y)} labels but {len(groups)} groups")
+    names, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    if n_folds < 2 or len(names) < n_folds:
+        raise ValueError(f"need 2 <= folds <= number of patients, got folds={n_folds} and {len(names)} patients")
+    classes = np.unique(y)
+    counts = np.zeros((len(names), len(classes)))
+    np.add.at(counts, (inverse, np.searchsorted(classes, y)), 1)
+    rng = np.random.default_rng([seed, 7])
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-np.std(counts[order], axis=1), kind="stable")]
+    per_class = counts.sum(axis=0)
+    fold_counts = np.zeros((n_folds, len(classes)))
+    assignment = np.empty(len(names), dtype=int)
+    for g in order:
+        spreads = []
+        for k in range(n_folds):
+            trial = fold_counts.copy()
+            trial[k] += counts[g]
+            spreads.append(float(np.mean(np.std(trial / per_class, axis=0))))
+        best = min(range(n_folds), key=lambda k: (round(spreads[k], 12), fold_counts[k].sum(), k))
+        fold_counts[best] += counts[g]
+        assignment[g] = best
+    sample_fold = assignment[inverse]
+    return [np.flatnonzero(sample_fold == k) for k in range(n_folds)]
+
+
+# ------------------------------------------------------------------------------------------- cache
+class FrameCache:
+    """Decode each loop once: cropped, resized to ``base`` x ``base``, uint8 (F, base, base, 3) ``.npy``."""
+
+    def __init__(self, folder: Path, base: int) -> None:
+        self.folder = Path(folder)
+        self.base = int(base)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, dicom: Path) -> Path:
+        st = dicom.stat()
+        key = f"{dicom.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.base}"
+        return self.folder / f"{dicom.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+    def frames(self, dicom: Path) -> np.ndarray:
+        """The loop's cached frames (memory-mapped), decoding and writing them on first use."""
+        target = self.path_for(dicom)
+        if not target.is_file():
+            clip = load_clip(dicom)
+            box = find_image_region(clip)
+            out = np.empty((clip.n_frames, self.base, self.base, 3), np.uint8)
+            for first, chunk in clip.iter_chunks(32):
+                crop = torch.from_numpy(np.ascontiguousarray(chunk[:, box.y0 : box.y1, box.x0 : box.x1]))
+                x = crop.permute(0, 3, 1, 2).float().div_(255.0)
+                x = F.interpolate(x, size=(self.base, self.base), mode="bilinear", align_corners=False, antialias=True)
+                out[first : first + len(chunk)] = (x.clamp_(0, 1) * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            tmp = target.with_suffix(".tmp.npy")
+            np.save(tmp, out)
+            tmp.replace(target)  # atomic: an interrupted run never leaves a half-written cache file
+            logger.debug("cached %s (%d frames, box %s) as %s", clip.sop_instance_uid, clip.n_frames, box, target.name)
+        return np.load(target, mmap_mode="r")
+
+    def warm(self, rows: Sequence[ManifestRow], progress: bool = False) -> None:
+        """Decode every loop not cached yet (once, before the first epoch)."""
+        from tqdm import tqdm
+
+        todo = [r for r in rows if not self.path_for(r.path).is_file()]
+        for row in tqdm(todo, desc="decode+cache", disable=not progress or not todo, leave=False):
+            self.frames(row.path)
+
+
+def _to_clip(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) float32 in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
+
+
+class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Training samples: one augmented clip per loop (video) or one random frame (static baselines).
+
+    Every draw (clip phase or frame, flip, elastic field, crop) is seeded by ``(seed, epoch, index)``, so
+    an epoch is reproducible whatever the worker count and however a run was interrupted and resumed.
+    """
+
+    def __init__(self, rows: Sequence[ManifestRow], cache: FrameCache, *, frames: int, size: int,
+                 single_frame: bool, seed: int) -> None:  # fmt: skip
+        self.rows, self.cache, self.frames, self.size = list(rows), cache, frames, size
+        self.single_frame, self.seed, self.epoch = single_frame, seed, 0
+        self.transform = make_transform(True, size, cache.base, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[index]
+        loop = self.cache.frames(row.path)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.single_frame:  # the study's static baselines learn from single frames of the loop
+            idx = np.array([int(rng.integers(len(loop)))])
+        else:
+            idx = sample_clip_indices(len(loop), self.frames, rng=rng)[0]
+        self.transform.set_random_state(seed=int(rng.integers(2**31)))
+        return self.transform(_to_clip(loop[idx])), row.label
+
+
+class EvalClips:
+    """The evaluation clips of a loop, as :func:`workers.inference.predict` samples them (centre crop)."""
+
+    def __init__(self, cache: FrameCache, frames: int, size: int) -> None:
+        self.cache, self.frames, self.size = cache, frames, size
+        self.transform = make_transform(False, size, cache.base)
+
+    def __call__(self, row: ManifestRow) -> torch.Tensor:
+        """(n_clips, 3, T, size, size) float32."""
+        loop = self.cache.frames(row.path)
+        indices = sample_clip_indices(len(loop), self.frames)
+        return torch.stack([self.transform(_to_clip(loop[idx])) for idx in indices])
+
+
+# --------------------------------------------------------------------------------------- metadata
+def is_synthetic(rows: Sequence[ManifestRow]) -> bool:
+    """True when every loop was written by ``alnnode phantom`` (Manufacturer "aln-node phantom")."""
+    for row in rows:
+        ds = pydicom.dcmread(row.path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+        if str(ds.get("Manufacturer", "")) != PHANTOM_MANUFACTURER:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    manifest: str
+    loops: int
+    patients: int
+    positives: int
+    synthetic_only: bool
+
+    def text(self) -> str:
+        kind = "synthetic aln-node phantom loops" if self.synthetic_only else "user-supplied labelled loops"
+        return (f"{self.loops} {kind} ({self.positives} positive) from {self.patients} patients, "
+                f"manifest {self.manifest}")  # fmt: skip
+
+
+def describe_data(manifest: Path, rows: Sequence[ManifestRow], synthetic_only: bool) -> DataDescription:
+    return DataDescription(manifest.name, len(rows), len({r.patient_id for r in rows}),
+                           sum(r.label for r in rows), synthetic_only)  # fmt: skip
