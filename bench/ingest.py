@@ -18,17 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port, loop_copies  # noqa: E402
 
 
 def wait_listening(log: Path, proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 60) -> None:
@@ -40,19 +33,6 @@ def wait_listening(log: Path, proc: subprocess.Popen[bytes], needle: bytes, time
             return
         time.sleep(0.05)
     raise SystemExit(f"server did not start: {log}")
-
-
-def make_copies(folder: Path, n: int, tag: str) -> list[Path]:
-    ds = dcmread(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
-    folder.mkdir(parents=True)
-    out = []
-    for i in range(n):
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=["bench", tag, str(i)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        p = folder / f"{i:04d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        out.append(p)
-    return out
 
 
 def push(port: int, files: list[Path]) -> float:
@@ -120,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="alnnode-bench-") as tmp:
         for r in range(args.rounds):
             work = Path(tmp) / f"round{r}"
-            files = make_copies(work / "loops", args.n, str(r))
+            files = loop_copies(work / "loops", args.n, f"r{r}-")
             ref_t.append(run_storescp(work, files))
             node_t.append(run_node(work, files))
             shutil.rmtree(work)

@@ -39,6 +39,26 @@ def us_file(name: str) -> Path:
     return Path(str(path))
 
 
+def loop_copies(folder: Path, n: int, tag: str, name: str = "color3d_jpeg_baseline.dcm") -> list[Path]:
+    """n distinct instances of a real loop (fresh SOP Instance UIDs derived from ``tag``)."""
+    import hashlib
+
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    ds = dcmread(us_file(name))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        digest = hashlib.sha256(f"{tag}/{i}/{time.time_ns()}".encode()).digest()
+        ds.SOPInstanceUID = UID(f"2.25.{int.from_bytes(digest[:16], 'big')}")
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"{tag}{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def require_tool(name: str) -> str:
     """Path of a Debian tool; fails under CI (which must install it), skips elsewhere."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from node.config import Destination
 from node.dispatch.errors import DeliveryError, Failure
 from node.dispatch.objects import Outgoing, is_valid_uid
+from node.spool import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +35,6 @@ def target_path(root: Path, item: Outgoing) -> Path:
         if not is_valid_uid(uid):
             raise ValueError(f"{name} {uid!r} is not a valid UID")
     return root / item.study_instance_uid / f"{item.sop_instance_uid}.dcm"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file + fsync + rename (+ fsync of the folder)."""
-    created = not path.parent.exists()
-    path.parent.mkdir(exist_ok=True)
-    if created:
-        _fsync_dir(path.parent.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def send_folder(dest: Destination, items: Sequence[Outgoing]) -> None:

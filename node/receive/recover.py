@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from node.errors import StoreRejected
-from node.ledger import Ledger, NewInstance
+from node.ledger import Ledger
 from node.receive.validate import check_received
 from node.spool import Spool
 
@@ -43,21 +43,7 @@ def recover(spool: Spool, ledger: Ledger) -> list[str]:
         if spool.relpath(info.sop_instance_uid) != rel:
             logger.error("spooled file %s does not hold the instance its name says; left in place", rel)
             continue
-        ledger.add_instance(
-            NewInstance(
-                sop_instance_uid=info.sop_instance_uid,
-                sop_class_uid=info.sop_class_uid,
-                study_instance_uid=info.study_instance_uid,
-                series_instance_uid=info.series_instance_uid,
-                transfer_syntax_uid=info.transfer_syntax_uid,
-                spool_path=rel,
-                size=info.size,
-                frames=info.frames,
-                calling_ae=None,
-                association_id=None,
-            ),
-            reason="recovered from the spool after a restart",
-        )
+        ledger.add_instance(info.ledger_row(rel, None, None), reason="recovered from the spool after a restart")
         logger.warning("recovered spooled instance %s without a ledger row", info.sop_instance_uid)
     pending: list[str] = []
     for row in ledger.unfinished():

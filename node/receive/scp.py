@@ -22,7 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node.config import Settings
 from node.errors import STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
-from node.ledger import Ledger, NewInstance
+from node.ledger import Ledger
 from node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -176,19 +176,7 @@ class Receiver:
         if not new:
             # Spooled by an earlier association whose ledger row never committed (crash): keep that copy.
             self.spool.discard(temp)
-        calling = self._peer(event.assoc)[0]
-        row = NewInstance(
-            sop_instance_uid=uid,
-            sop_class_uid=info.sop_class_uid,
-            study_instance_uid=info.study_instance_uid,
-            series_instance_uid=info.series_instance_uid,
-            transfer_syntax_uid=info.transfer_syntax_uid,
-            spool_path=rel,
-            size=info.size,
-            frames=info.frames,
-            calling_ae=calling,
-            association_id=aid,
-        )
+        row = info.ledger_row(rel, calling_ae=self._peer(event.assoc)[0], association_id=aid)
         try:
             iid = self.ledger.add_instance(row)
         except Exception as exc:  # the ledger is down: refuse rather than acknowledge unrecorded data

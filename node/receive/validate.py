@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from node.errors import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_DOES_NOT_MATCH, StoreRejected
+from node.ledger import NewInstance
 from node.receive.contexts import ENCAPSULATED_VIDEO_SYNTAXES, NATIVE_SYNTAXES
 
 PIXEL_DATA = 0x7FE00010
@@ -37,6 +38,20 @@ class ReceivedInfo:
     transfer_syntax_uid: str
     frames: int
     size: int
+
+    def ledger_row(self, spool_path: str, calling_ae: str | None, association_id: int | None) -> NewInstance:
+        return NewInstance(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            spool_path=spool_path,
+            size=self.size,
+            frames=self.frames,
+            calling_ae=calling_ae,
+            association_id=association_id,
+        )
 
 
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:

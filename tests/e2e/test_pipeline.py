@@ -15,25 +15,12 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from tests.e2e.support import destination_toml, ledger_of, pipeline_config, source_uid, storescu, wait_states
-from tests.helpers import ROOT, NodeProcess, require_tool, us_file, wait_for
+from tests.helpers import ROOT, NodeProcess, loop_copies, require_tool, us_file, wait_for
 from tests.orthanc import OrthancServer
 
 CINE = "color3d_jpeg_baseline.dcm"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 pytestmark = pytest.mark.timeout(400)
-
-
-def loop_copies(folder: Path, n: int, tag: str) -> list[Path]:
-    ds = dcmread(us_file(CINE))
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        ds.SOPInstanceUID = generate_uid(prefix=None)
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = folder / f"{tag}{i}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append(path)
-    return out
 
 
 def check_results(objects: list[bytes], source: Path, tmp: Path) -> None:

@@ -41,10 +41,11 @@ def test_send_walks_directories_and_reports_each_file(node_proc: NodeProcess, no
 
     status = alnnode("status", "--config", str(node_env[0]), "--json")
     data = json.loads(status.stdout)
-    assert data["counts"]["received"] == 4
+    assert data["counts"]["skipped"] == 4  # no [model] bundle configured: stored and recorded, not classified
+    assert all(j["reason"] == "no model bundle configured ([model] bundle)" for j in data["last_jobs"])
     assert {j["sop_instance_uid"] for j in data["last_jobs"]} >= {"1.2.840.114340.3.8251017118051.3.20160503.121539.16117.4"}
     text = alnnode("status", "--config", str(node_env[0]))
-    assert "received 4" in text.stdout
+    assert "skipped 4" in text.stdout
     assert "Anonymized" not in text.stdout + status.stdout  # UIDs only, no names
 
 

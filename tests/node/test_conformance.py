@@ -20,7 +20,7 @@ def section(text: str, heading: str) -> str:
 
 
 def uids_in(text: str) -> list[str]:
-    return re.findall(r"^\|[^|]*\| `([0-9.]+)` \|", text, re.M)
+    return re.findall(r"^\|.*\| `([0-9.]+)` \|", text, re.M)
 
 
 def test_statement_matches_the_ae(tmp_path: Path) -> None:
@@ -42,3 +42,11 @@ def test_statement_matches_the_ae(tmp_path: Path) -> None:
     verification_rows = re.findall(r"^\|[^|]*\| `([0-9.]+)` \| yes \|", ts, re.M)
     assert set(verification_rows) == actual["1.2.840.10008.1.1"]
     assert f"{settings.node.max_associations}" in section(text, "#### 4.2.3")
+
+
+def test_statement_lists_the_objects_the_workers_send() -> None:
+    from workers.results.sc import MULTIFRAME_TRUE_COLOR_SC_STORAGE, SC_IMAGE_STORAGE
+
+    sent = set(uids_in(section(DOC.read_text(encoding="utf-8"), "#### 4.2.6")))
+    comprehensive_3d_sr = "1.2.840.10008.5.1.4.1.1.88.34"  # highdicom Comprehensive3DSR
+    assert sent == {comprehensive_3d_sr, SC_IMAGE_STORAGE, MULTIFRAME_TRUE_COLOR_SC_STORAGE}

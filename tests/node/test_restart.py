@@ -6,25 +6,10 @@ import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 
 from node.ledger import Ledger
 from node.spool import Spool
-from tests.helpers import NodeProcess, require_tool, us_file, wait_for
-
-
-def make_copies(folder: Path, n: int) -> list[Path]:
-    """n distinct instances of the real 120-frame JPEG cine (fresh SOP Instance UIDs)."""
-    ds = dcmread(us_file("color3d_jpeg_baseline.dcm"))
-    folder.mkdir()
-    paths = []
-    for i in range(n):
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=["restart-test", str(i)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = folder / f"loop{i:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+from tests.helpers import NodeProcess, loop_copies, require_tool, wait_for
 
 
 def acknowledged(log: str) -> list[Path]:
@@ -40,7 +25,7 @@ def acknowledged(log: str) -> list[Path]:
 
 
 def test_sigkill_during_ingest_loses_nothing_acknowledged(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
-    files = make_copies(tmp_path / "loops", 40)
+    files = loop_copies(tmp_path / "loops", 40, "loop")
     exe = require_tool("storescu")
     log_path = tmp_path / "storescu.log"
     with open(log_path, "w") as log:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -208,10 +207,3 @@ def test_cli_writes_a_data_set_and_reports_it(tmp_path: Path, capsys: pytest.Cap
     assert "positive_rate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--size", "big"])
-
-
-@pytest.mark.slow
-def test_200_loops_of_48_frames_in_under_two_minutes(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    generate(tmp_path, 200, seed=0)
-    assert time.perf_counter() - start < 120

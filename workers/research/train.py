@@ -119,6 +119,8 @@ def train_cv(
     cache.warm(rows, progress)
     out.mkdir(parents=True, exist_ok=True)
     opts = dict(options or {})
+    if {"frames", "size", "weights"} & set(opts):
+        raise ValueError(f"options {sorted(opts)}: give frames and size with --frames/--size; no weights (random init)")
     config = {"manifest": str(manifest.resolve()), "arch": arch, "folds": folds, "epochs": epochs, "lr": lr,
               "batch": batch, "frames": frames, "size": size, "base": base, "device": str(dev), "seed": seed,
               "options": opts, "select": select, "schedule": schedule, "optimizer": "Adam", "loss": "cross-entropy",
@@ -142,7 +144,8 @@ def train_cv(
         summaries.append(FoldSummary(k, len(train_idx), len(val_idx), result.epoch, result.val_auc, result.best_epoch,
                                      result.best_auc, str(bundle), result.seconds))  # fmt: skip
         history += result.history
-        models.append(result.model)
+        if ensemble:
+            models.append(result.model)
     labels = np.array([r.label for r in rows])
     est = stats.auc_delong(labels, oof)
     aucs = np.array([s.val_auc for s in summaries], dtype=float)

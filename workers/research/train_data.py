@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ class FrameCache:
                 x = crop.permute(0, 3, 1, 2).float().div_(255.0)
                 x = F.interpolate(x, size=(self.base, self.base), mode="bilinear", align_corners=False, antialias=True)
                 out[first : first + len(chunk)] = (x.clamp_(0, 1) * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            tmp = target.with_suffix(".tmp.npy")
+            tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")  # parallel runs may share a cache folder
             np.save(tmp, out)
             tmp.replace(target)  # atomic: an interrupted run never leaves a half-written cache file
             logger.debug("cached %s (%d frames, box %s) as %s", clip.sop_instance_uid, clip.n_frames, box, target.name)

@@ -160,6 +160,8 @@ def train_fold(
         scaler.load_state_dict(saved["scaler"])
         start, history, best = int(saved["epoch"]), list(saved["history"]), dict(saved["best"])
         val_scores = list(saved["last_scores"])
+        if start > cfg.epochs:
+            raise ValueError(f"--resume: {checkpoint} already holds {start} epochs, more than epochs={cfg.epochs}")
         torch.set_rng_state(saved["rng"]["torch"])
         logger.info("fold %d: resumed from %s after epoch %d", cfg.fold, checkpoint, start)
     single = cfg.arch in STATIC_ARCHS

@@ -8,29 +8,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from node.outbox import result_dir
+from node.spool import write_atomic
 from workers.prediction import Box, ModelInfo, Prediction
 
 PREDICTION = "prediction.npz"
 
 
 __all__ = ["PREDICTION", "load_prediction", "result_dir", "save_dataset", "save_prediction", "write_atomic"]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_prediction(folder: Path, prediction: Prediction) -> Path:
