@@ -261,7 +261,7 @@ def train_demo_bundle(out_dir: Path, *, n: int = 40, seed: int = 0) -> Path:
     val_idx = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], 5, seed)[0]
     train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
     options = {"depth": 18}
-    cfg = FoldConfig("tin", options, 12, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
+    cfg = FoldConfig("tin", options, 30, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
     cache = FrameCache(out_dir / "cache", cfg.base)
     result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache,
                         device=resolve_device(None), progress=False)  # fmt: skip
