@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -151,6 +151,8 @@ class ModelSection(_Section):
     min_frames: int = Field(8, ge=1)
     allow_research_models: bool = False
     device: str = "auto"
+    # CPU inference: bf16 autocast is about 3x faster on CPUs with AVX512-BF16/AMX ("auto" uses it there)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class Settings(BaseSettings):

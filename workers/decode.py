@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import av
 import numpy as np
@@ -31,19 +31,21 @@ import pydicom
 import pydicom.uid as puid
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, iter_pixels
-from pydicom.pixels.utils import get_expected_length
 
 from workers.errors import DecodeError
+from workers.pixeldata import (  # noqa: F401  (re-exported: the public names of decoding)
+    ENCAPSULATED_UNCOMPRESSED,
+    NATIVE_SYNTAXES,
+    VIDEO_SYNTAXES,
+    _check_pixel_data,
+    _read_pixel_header,
+    scan_fragments,
+)
 from workers.prediction import Box
+from workers.video import VideoInfo, iter_video_frames, probe_video  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
-VIDEO_SYNTAXES = frozenset(str(u) for u in puid.MPEGTransferSyntaxes)
-NATIVE_SYNTAXES = frozenset(
-    {puid.ImplicitVRLittleEndian, puid.ExplicitVRLittleEndian, puid.ExplicitVRBigEndian}
-)
-_ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 _GREY_PROBE_FRAMES = 8
 # PS3.3 C.8.5.5.1: Region Spatial Format 1 = 2D; Region Data Type 1 = tissue, 2 = colour flow.
 _REGION_2D, _REGION_TYPES = 1, (1, 2)
@@ -365,129 +367,6 @@ def _check_supported(clip: Clip) -> None:
         raise DecodeError(f"{uid}: no decoder plugin installed for transfer syntax {ts}")
 
 
-def _read_pixel_header(f: BinaryIO, pos: int, ts: puid.UID, uid: str) -> tuple[int, int]:
-    """Return (value offset, value length) of the top-level Pixel Data element that starts at ``pos``."""
-    f.seek(pos)
-    end = "<" if ts.is_little_endian else ">"
-    head = f.read(8)
-    if len(head) < 8:
-        raise DecodeError(f"{uid}: no Pixel Data element (7FE0,0010)")
-    group, elem = struct.unpack(f"{end}HH", head[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        raise DecodeError(f"{uid}: no Pixel Data element (7FE0,0010); found ({group:04X},{elem:04X}) instead")
-    if ts.is_implicit_VR:
-        return pos + 8, struct.unpack(f"{end}L", head[4:8])[0]
-    more = f.read(4)
-    if len(more) < 4:
-        raise DecodeError(f"{uid}: pixel data element header is truncated")
-    return pos + 12, struct.unpack(f"{end}L", more)[0]
-
-
-def _check_pixel_data(
-    clip: Clip, f: BinaryIO, start: int, end: int, header: Dataset, undefined: bool = False
-) -> None:
-    """Validate the pixel data value occupying ``f[start:end]`` against the header; fills clip caches."""
-    uid, ts = clip.sop_instance_uid, clip.transfer_syntax_uid
-    if ts in NATIVE_SYNTAXES or ts == puid.DeflatedExplicitVRLittleEndian:
-        need = int(get_expected_length(header, "bytes"))
-        if end - start < need:
-            spp = int(header.get("SamplesPerPixel", 1))
-            raise DecodeError(
-                f"{uid}: pixel data holds {end - start} bytes, {clip.n_frames} frames of "
-                f"{clip.rows}x{clip.cols}x{spp} at {header.BitsAllocated} bits need {need}"
-            )
-        return
-    bot, frags = scan_fragments(f, start, end, uid, need_delimiter=undefined)
-    clip._cache["fragments"] = frags
-    if ts in VIDEO_SYNTAXES:
-        f.seek(0)
-        chunks = []
-        for off, length in frags:
-            f.seek(start + off)
-            chunks.append(f.read(length))
-        clip._video = b"".join(chunks)
-        info = probe_video(clip._video, ts, uid)
-        clip._cache["video_rate"] = info.fps
-        if (info.height, info.width) != (clip.rows, clip.cols):
-            raise DecodeError(
-                f"{uid}: video frames are {info.width}x{info.height}, Columns x Rows say {clip.cols}x{clip.rows}"
-            )
-        if "NumberOfFrames" not in header:
-            clip.n_frames = info.n_frames
-        elif info.n_frames < clip.n_frames:
-            raise DecodeError(
-                f"{uid}: video stream holds {info.n_frames} frames, NumberOfFrames is {clip.n_frames}"
-            )
-        elif info.n_frames > clip.n_frames:
-            logger.warning(
-                "%s: video holds %d frames, using the first %d (NumberOfFrames)",
-                uid,
-                info.n_frames,
-                clip.n_frames,
-            )
-        return
-    if not frags:
-        raise DecodeError(f"{uid}: encapsulated pixel data holds no fragments")
-    if len(frags) < clip.n_frames:
-        raise DecodeError(
-            f"{uid}: NumberOfFrames is {clip.n_frames} but the pixel data holds only {len(frags)} fragments"
-        )
-    if bot and len(bot) != clip.n_frames:
-        raise DecodeError(
-            f"{uid}: Basic Offset Table lists {len(bot)} frames, NumberOfFrames is {clip.n_frames}"
-        )
-    if ts == ENCAPSULATED_UNCOMPRESSED:
-        need = clip.rows * clip.cols * int(header.get("SamplesPerPixel", 1)) * int(header.BitsAllocated) // 8
-        if len(frags) != clip.n_frames or any(length < need for _, length in frags):
-            raise DecodeError(
-                f"{uid}: encapsulated uncompressed frames must be {clip.n_frames} fragments of {need} bytes"
-            )
-
-
-def scan_fragments(
-    f: BinaryIO, start: int, end: int, uid: str, need_delimiter: bool = False
-) -> tuple[list[int], list[tuple[int, int]]]:
-    """Walk the items of encapsulated pixel data (PS3.5 A.4) in ``f[start:end]``.
-
-    Returns the Basic Offset Table offsets and ``(offset, length)`` of each fragment's value, relative
-    to ``start``. Raises DecodeError when an item runs past the data or the sequence is cut short.
-    """
-    pos, first = start, True
-    bot: list[int] = []
-    frags: list[tuple[int, int]] = []
-    while True:
-        f.seek(pos)
-        head = f.read(8)
-        if len(head) < 8:
-            if need_delimiter or len(head):
-                raise DecodeError(
-                    f"{uid}: encapsulated pixel data is truncated after {len(frags)} fragments "
-                    "(no sequence delimiter)"
-                )
-            break
-        tag = (struct.unpack("<H", head[:2])[0] << 16) | struct.unpack("<H", head[2:4])[0]
-        length = struct.unpack("<L", head[4:8])[0]
-        if tag == _SEQ_DELIM:
-            break
-        if tag != _ITEM:
-            raise DecodeError(
-                f"{uid}: unexpected tag {tag:08X} in encapsulated pixel data at byte {pos - start}"
-            )
-        if length == 0xFFFFFFFF or pos + 8 + length > end:
-            raise DecodeError(
-                f"{uid}: fragment {len(frags) + 1} of the pixel data claims {length} bytes but only "
-                f"{max(end - pos - 8, 0)} remain (truncated)"
-            )
-        if first:
-            raw = f.read(length)
-            bot = list(struct.unpack(f"<{length // 4}L", raw)) if length else []
-            first = False
-        else:
-            frags.append((pos + 8 - start, length))
-        pos += 8 + length
-    return bot, frags
-
-
 def ultrasound_regions(header: Dataset, rows: int, cols: int) -> tuple[Box, ...]:
     """2D tissue/colour-flow regions of SequenceOfUltrasoundRegions as Boxes (max corners inclusive)."""
     boxes = []
@@ -532,70 +411,3 @@ def frame_times(header: Dataset, n_frames: int, stream_fps: float | None = None)
 # PS3.5 8.2.5-8.2.8: for the MPEG-2 / MPEG-4 AVC / HEVC syntaxes the fragments, concatenated, are one
 # bitstream holding all frames. FFmpeg probes the container (elementary stream, MPEG-PS or -TS); the
 # syntax gives the raw format to fall back on.
-_VIDEO_FORMAT_HINT = {
-    "1.2.840.10008.1.2.4.100": "mpegvideo",
-    "1.2.840.10008.1.2.4.101": "mpegvideo",
-    "1.2.840.10008.1.2.4.107": "hevc",
-    "1.2.840.10008.1.2.4.108": "hevc",
-}
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What demuxing (no decoding) tells about an encapsulated video stream."""
-
-    n_frames: int
-    width: int
-    height: int
-    codec: str
-    fps: float | None
-
-
-def _open_video(data: bytes, tsyntax: str) -> av.container.InputContainer:
-    hint = _VIDEO_FORMAT_HINT.get(tsyntax.removesuffix(".1"), "h264")
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-        if container.streams.video:
-            return container
-        container.close()
-    except av.error.FFmpegError:
-        pass
-    return av.open(io.BytesIO(data), mode="r", format=hint)
-
-
-def probe_video(data: bytes, tsyntax: str, uid: str) -> VideoInfo:
-    """Count the frames of an encapsulated video by demuxing it (one packet per coded picture)."""
-    try:
-        with _open_video(data, tsyntax) as container:
-            if not container.streams.video:
-                raise DecodeError(f"{uid}: encapsulated video holds no video stream")
-            stream = container.streams.video[0]
-            n = sum(1 for packet in container.demux(stream) if packet.size)
-            ctx = stream.codec_context
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate and 1 <= float(rate) <= 1000 else None
-            info = VideoInfo(n, int(ctx.width), int(ctx.height), str(ctx.name), fps)
-    except av.error.FFmpegError as exc:
-        raise DecodeError(f"{uid}: encapsulated video cannot be read ({exc})") from exc
-    if info.n_frames == 0:
-        raise DecodeError(f"{uid}: encapsulated video holds no frames")
-    return info
-
-
-def iter_video_frames(
-    data: bytes, tsyntax: str, wanted: list[int] | None
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode the stream in order, yielding ``(index, (h, w, 3) uint8 RGB)`` for ``wanted`` or all frames.
-
-    Stops after the last wanted frame; FFmpeg errors propagate as ``av.error.FFmpegError``.
-    """
-    want = set(wanted) if wanted is not None else None
-    last = max(want) if want else None
-    with _open_video(data, tsyntax) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if want is None or i in want:
-                yield i, frame.to_ndarray(format="rgb24")
-            if last is not None and i >= last:
-                return

@@ -79,7 +79,9 @@ def classify(ctx: WorkerContext, uid: str) -> bool:
     bundle = ctx.settings.model.bundle
     assert bundle is not None  # skip_reason covers a missing bundle
     try:
-        prediction = predict(bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device)
+        prediction = predict(
+            bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device, precision=ctx.settings.model.precision
+        )
     except WorkerError as exc:
         ctx.ledger.set_state(uid, "failed", stage="classify", reason=str(exc))
         logger.error("classify %s failed: %s", uid, exc)

@@ -62,6 +62,15 @@ def test_prediction_of_a_real_cine_loop(tiny_bundle: Path, cine_path: str) -> No
     np.testing.assert_array_equal(again.cam, p.cam)
 
 
+def test_cpu_bf16_precision_agrees_with_fp32(tiny_bundle: Path, cine_path: str) -> None:
+    exact = predict(tiny_bundle, cine_path, device="cpu", precision="fp32")
+    fast = predict(tiny_bundle, cine_path, device="cpu", precision="bf16")
+    assert fast.probability == pytest.approx(exact.probability, abs=0.03)
+    assert fast.cam.shape == exact.cam.shape and float(np.abs(fast.cam - exact.cam).mean()) < 0.05
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of fp32, bf16, auto"):
+        predict(tiny_bundle, cine_path, device="cpu", precision="fp8")
+
+
 def test_options_clip_count_and_no_explanation(tiny_bundle: Path, cine_path: str) -> None:
     p = predict(load_bundle(tiny_bundle), cine_path, n_clips=2, explain=False)
     assert p.frame_indices.shape == (2, 8)
