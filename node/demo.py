@@ -35,7 +35,7 @@ CACHE = ROOT / ".cache" / "demo-bundle"
 REAL_LOOP = "color3d_jpeg_baseline.dcm"
 TRAIN = (
     "import sys; from pathlib import Path; from workers.research.train import train_demo_bundle; "
-    "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0))"
+    "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0, epochs=40, phantom_size=(96, 128)))"
 )
 
 
@@ -54,9 +54,9 @@ def demo_bundle() -> Path:
         return meta.parent.parent
     shutil.rmtree(CACHE, ignore_errors=True)
     CACHE.mkdir(parents=True)
-    print("== training a small TIN bundle on 40 synthetic phantom loops (first run only, a few minutes) ...", flush=True)
+    print("== training a small TIN bundle on 100 synthetic phantom loops (first run only, about 7 minutes on 2 cores) ...", flush=True)
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", TRAIN, str(CACHE), "40"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", TRAIN, str(CACHE), "100"], cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise NodeError(f"demo training failed:\n{out.stderr[-3000:]}")
     bundle = Path(out.stdout.strip().splitlines()[-1])
@@ -171,8 +171,8 @@ def main() -> int:
     from pydicom.data import get_testdata_file
 
     bundle = demo_bundle()
-    print("== held-out phantom loops: alnnode phantom --out demo-out/phantoms --n 6 --seed 2026")
-    _alnnode("phantom", "--out", str(OUT / "phantoms"), "--n", "6", "--seed", "2026", "--frames", "24", "--size", "160x208")
+    print("== held-out phantom loops: alnnode phantom --out demo-out/phantoms --n 6 --seed 2026 --frames 24 --size 96x128")
+    _alnnode("phantom", "--out", str(OUT / "phantoms"), "--n", "6", "--seed", "2026", "--frames", "24", "--size", "96x128")
     with open(OUT / "phantoms" / "manifest.csv", newline="") as fh:
         manifest = list(csv.DictReader(fh))
     loops = [OUT / "phantoms" / r["path"] for r in manifest] + [Path(str(get_testdata_file(REAL_LOOP)))]
@@ -186,9 +186,10 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as fh:
         node = subprocess.Popen([sys.executable, "-m", "node.cli", "-v", "serve", "--config", str(config)], stdout=fh, stderr=fh, cwd=ROOT, env=env)
-    ledger = Ledger(f"sqlite:///{OUT / 'var' / 'ledger.sqlite'}")
+    ledger: Ledger | None = None
     try:
         wait_listening(log, node)
+        ledger = Ledger(f"sqlite:///{OUT / 'var' / 'ledger.sqlite'}")  # the node has created it
         to = f"ALN_AI@127.0.0.1:{port}"
         print(f"== node listening: {to} (config {config}, log {log})")
         print("== alnnode send: 6 phantom loops + the real 120-frame JPEG cine of pydicom-data")
@@ -210,7 +211,8 @@ def main() -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
         node.terminate()
         node.wait(60)
         if pacs is not None:

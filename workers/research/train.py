@@ -245,7 +245,9 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") ->
     return path
 
 
-def train_demo_bundle(out_dir: Path, *, n: int = 40, seed: int = 0) -> Path:
+def train_demo_bundle(
+    out_dir: Path, *, n: int = 40, seed: int = 0, epochs: int = 30, phantom_size: tuple[int, int] = (160, 208)
+) -> Path:
     """Train a small TIN (ResNet-18 variant, 8 frames, 64 px) on ``n`` phantom loops for ``make demo``.
 
     One patient-grouped 80/20 split (not cross-validation); a few minutes on 2 CPU cores. The held-out
@@ -256,19 +258,19 @@ def train_demo_bundle(out_dir: Path, *, n: int = 40, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     phantoms = out_dir / "phantoms"
     if not (phantoms / "manifest.csv").is_file():
-        generate(phantoms, n, seed=seed, frames=24, size=(160, 208))
+        generate(phantoms, n, seed=seed, frames=24, size=phantom_size)
     rows = read_manifest(phantoms / "manifest.csv")
     val_idx = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], 5, seed)[0]
     train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
     options = {"depth": 18}
-    cfg = FoldConfig("tin", options, 30, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
+    cfg = FoldConfig("tin", options, epochs, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
     cache = FrameCache(out_dir / "cache", cfg.base)
     result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache,
                         device=resolve_device(None), progress=False)  # fmt: skip
     training = {"epochs": cfg.epochs, "lr": cfg.lr, "batch": cfg.batch, "schedule": cfg.schedule, "seed": seed,
                 "split": "one patient-grouped 80/20 split", "held_out_auc": _num(result.val_auc),
                 "n_train": len(train_idx), "n_val": len(val_idx),
-                "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at 160x208"}  # fmt: skip
+                "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at {phantom_size[0]}x{phantom_size[1]}"}  # fmt: skip
     logger.info("demo bundle: held-out AUC %.3f on %d loops", result.val_auc, len(val_idx))
     return save_bundle(result.model.cpu(), out_dir / "bundle", arch="tin", options=cfg.build_options(),
                        name="aln-tin18-demo", synthetic_only=True, training=training)  # fmt: skip
