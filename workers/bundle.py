@@ -333,10 +333,11 @@ def _torchvision_version() -> str:
     return str(torchvision.__version__).split("+")[0]
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (``depth=18`` -> 18), else kept as text."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--option wants KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"model option wants KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(raw)
     except ValueError:
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create", help="write an UNTRAINED bundle (random weights) for pipeline tests")
     create.add_argument("--arch", required=True, choices=ARCHS)
     create.add_argument("--out", required=True, type=Path)
-    create.add_argument("--option", action="append", default=[], type=_parse_option, metavar="KEY=VALUE")
+    create.add_argument("--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE")
     create.add_argument("--name", default=None)
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--torchscript", action="store_true", help="also write models/model.ts")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.bundle import save_bundle
+from workers.bundle import parse_option, save_bundle
 from workers.models import ARCHS
 from workers.research import stats
 from workers.research.evaluate import EvaluationError
@@ -276,17 +276,6 @@ def train_demo_bundle(
                        name="aln-tin18-demo", synthetic_only=True, training=training)  # fmt: skip
 
 
-def _option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (``depth=18`` -> 18), else kept as text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--options wants KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except ValueError:
-        return key, raw
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alnnode train", description=__doc__.splitlines()[0])
     p.add_argument("--manifest", type=Path, required=True, help="CSV path,label,patient_id[,case_id]")
@@ -302,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from each fold's checkpoint")
     p.add_argument("--ensemble", action="store_true", help="also write the fold-ensemble predictions")
-    p.add_argument("--options", nargs="*", default=[], type=_option, metavar="KEY=VALUE",
+    p.add_argument("--options", nargs="*", default=[], type=parse_option, metavar="KEY=VALUE",
                    help="model options, e.g. depth=18")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--synthetic", choices=("auto", "yes", "no"), default="auto",
