@@ -176,6 +176,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             raise NodeError(f"no job with SOP Instance UID {args.uid!r} in the ledger")
         rows = [row]
     bad = 0
+    enqueuer: Enqueuer | None = None
     for row in rows:
         uid = row["sop_instance_uid"]
         if row["state"] in ("rendered", "dispatched") or row["stage"] == "dispatch":
@@ -183,7 +184,8 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             print(f"{uid}: {'dispatched' if ok else 'failed again: ' + str(ledger.find(uid)['reason'])}")  # type: ignore[index]
             bad += not ok
         else:
-            Enqueuer(settings, ledger).classify(uid)
+            enqueuer = enqueuer or Enqueuer(settings, ledger)
+            enqueuer.classify(uid)
             print(f"{uid}: re-queued for classification")
     if not rows:
         print("nothing to retry")

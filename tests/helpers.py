@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -41,7 +42,6 @@ def us_file(name: str) -> Path:
 
 def loop_copies(folder: Path, n: int, tag: str, name: str = "color3d_jpeg_baseline.dcm") -> list[Path]:
     """n distinct instances of a real loop (fresh SOP Instance UIDs derived from ``tag``)."""
-    import hashlib
 
     from pydicom import dcmread
     from pydicom.uid import UID

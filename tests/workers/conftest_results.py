@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import re
 import shutil
 import subprocess
@@ -129,3 +130,11 @@ def dsr2html_text(path: Path) -> str:
     assert run.returncode == 0, run.stderr
     html = run.stdout.decode("utf-8", errors="replace")
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def round_trip(ds: Dataset) -> Dataset:
+    """Save to bytes and read back, as a PACS would receive the object."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from conftest_results import (
     key_frame_rgb,
     make_model,
     make_prediction,
+    round_trip,
     save,
     source_header,
 )
@@ -24,16 +24,7 @@ from pydicom.dataset import Dataset
 
 from workers.errors import ResultError
 from workers.results import build_cine_sc, build_key_frame_sc
-
-SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
-MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-
-
-def round_trip(ds: Dataset) -> Dataset:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
+from workers.results.sc import MULTIFRAME_TRUE_COLOR_SC_STORAGE, SC_IMAGE_STORAGE
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ def assert_common_sc_header(sc: Dataset, source: Dataset) -> None:
 def test_key_frame_sc_round_trips_with_a_reference_to_the_key_frame(source: Dataset) -> None:
     sc = round_trip(build_key_frame_sc(make_prediction(), source, key_frame_rgb(), threshold=0.5))
 
-    assert sc.SOPClassUID == SC_IMAGE
+    assert sc.SOPClassUID == SC_IMAGE_STORAGE
     assert_common_sc_header(sc, source)
     assert sc.SourceImageSequence[0].ReferencedFrameNumber == KEY_FRAME + 1
     assert sc.pixel_array.shape == (sc.Rows, 640, 3)
@@ -110,7 +101,7 @@ def test_banner_changes_with_the_probability(source: Dataset) -> None:
 def test_cine_sc_has_one_overlay_frame_per_cam_frame_at_the_source_pace(source: Dataset) -> None:
     sc = round_trip(build_cine_sc(make_prediction(), source, cam_frames_rgb(), threshold=0.5))
 
-    assert sc.SOPClassUID == MF_TRUE_COLOR_SC
+    assert sc.SOPClassUID == MULTIFRAME_TRUE_COLOR_SC_STORAGE
     assert_common_sc_header(sc, source)
     assert sc.NumberOfFrames == len(CAM_FRAMES)
     assert list(sc.SourceImageSequence[0].ReferencedFrameNumber) == [f + 1 for f in CAM_FRAMES]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from conftest_results import (
     key_frame_rgb,
     make_model,
     make_prediction,
+    round_trip,
     save,
     source_header,
 )
@@ -36,13 +36,6 @@ def items(ds: Dataset) -> Iterator[Dataset]:
 
 def named(ds: Dataset, code_value: str) -> list[Dataset]:
     return [i for i in items(ds) if i.ConceptNameCodeSequence[0].CodeValue == code_value]
-
-
-def round_trip(ds: Dataset) -> Dataset:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
 
 
 @pytest.fixture
