@@ -2,14 +2,14 @@
 video model beat the single-frame one, and does its Grad-CAM point at the lesion?
 
 1. ``alnnode phantom --n N --seed S`` (skipped when the manifest exists),
-2. ``alnnode train`` TIN (ResNet-18 variant) with 5-fold patient-grouped CV -> OOF predictions,
-3. the same for the static ResNet50 on single frames, same folds, same settings,
+2. ``alnnode train`` TIN (ResNet-18 variant, Grad-CAM on layer3) with 5-fold patient-grouped CV -> OOF predictions,
+3. the same for the static ResNet50 on each loop's static image (manifest ``static_frame``), same folds and settings,
 4. Grad-CAM pointing game: each fold's TIN bundle (``workers.inference.predict``) on its own held-out
-   positives, CAM peak at the key frame inside the lesion mask (``masks/CASE.npz``),
+   positives, CAM peak at the key frame inside (or within ``--pointing-tolerance`` px of) the mask (``masks/CASE.npz``),
 5. ``alnnode evaluate`` on both OOF prediction files: AUCs with DeLong CIs, the paired DeLong test and the
    pointing game; ``OUT/learn.json`` gathers the numbers.
 
-Usage: ``python bench/learn.py --out /tmp/learn/run`` (defaults are the small CPU settings of bench/learn.md).
+Usage: ``python bench/learn.py --out /tmp/learn/run --size 112 --epochs 12`` (the recorded CPU run of bench/learn.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.research import evaluate
+from workers.bundle import parse_option
+from workers.research import evaluate, stats
 from workers.research.phantom import generate
 from workers.research.train import train_cv
 
@@ -47,8 +48,7 @@ def pointing_predictions(run: Path, manifest: Path, out_csv: Path) -> dict[str, 
         pred = predict(run / f"fold{r['fold']}" / "bundle", r["path"], device="cpu")
         frames = list(pred.cam_frames)
         if pred.key_frame in frames:
-            plane = np.asarray(pred.cam[frames.index(pred.key_frame)])
-            y, x = np.unravel_index(int(np.argmax(plane)), plane.shape)
+            y, x = stats.cam_peak(np.asarray(pred.cam[frames.index(pred.key_frame)]))
             r.update(key_frame=pred.key_frame, cam_peak_y=int(y), cam_peak_x=int(x))
         gaps.append(abs(pred.probability - float(r["score"])))
     fields = ["case_id", "label", "score", "key_frame", "cam_peak_y", "cam_peak_x", "patient_id", "fold", "path"]
@@ -70,11 +70,15 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=112)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--archs", nargs="+", default=["tin", "resnet50"])
+    p.add_argument("--tin-options", nargs="*", default=["depth=18", "cam_layer=layer3"], metavar="KEY=VALUE",
+                   help="TIN build options (default: ResNet-18 variant, Grad-CAM on layer3: 7x7 at 112 px)")
+    p.add_argument("--pointing-tolerance", type=float, default=15.0,
+                   help="pointing game tolerance in frame pixels (Zhang et al.: 15); the strict share is reported too")
     p.add_argument("--stage", choices=("all", "train", "report"), default="all",
                    help="train: only train_cv (run one process per arch in parallel); report: resume the finished "
                         "runs (instant), then pointing game and evaluate")  # fmt: skip
@@ -88,12 +92,12 @@ def main() -> int:
     manifest = phantoms / "manifest.csv"
     if not manifest.is_file():
         t = time.perf_counter()
-        generate(phantoms, args.n, seed=args.phantom_seed)
+        generate(phantoms, args.n, seed=args.phantom_seed, frames=32, size=(160, 208))  # as in bench/learn.md
         logging.info("phantoms: %d loops in %.0f s", args.n, time.perf_counter() - t)
     result: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "phantoms": str(phantoms)}}
     preds = []
     for arch in args.archs:
-        options = {"depth": 18} if arch == "tin" else {}
+        options = dict(parse_option(o) for o in args.tin_options) if arch == "tin" else {}
         s = train_cv(manifest, arch, args.out / arch, folds=5, epochs=args.epochs, lr=args.lr, batch=args.batch,
                      frames=args.frames, size=args.size, device="cpu", seed=args.seed, options=options,
                      progress=False, schedule=args.schedule, cache_dir=args.out / "cache", resume=True)  # fmt: skip
@@ -107,7 +111,8 @@ def main() -> int:
         (args.out / "learn.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.stage == "train":
         return 0
-    rc = evaluate.main(["--predictions", *map(str, preds), "--manifest", str(manifest), "--out", str(args.out / "eval")])
+    rc = evaluate.main(["--predictions", *map(str, preds), "--manifest", str(manifest), "--out", str(args.out / "eval"),
+                        "--pointing-tolerance", str(args.pointing_tolerance)])  # fmt: skip
     metrics = json.loads((args.out / "eval" / "metrics.json").read_text())
     result["evaluate"] = {"models": {k: {m: v[m] for m in ("auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity",
                                                           "specificity") if m in v} for k, v in metrics["models"].items()},

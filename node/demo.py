@@ -35,8 +35,10 @@ CACHE = ROOT / ".cache" / "demo-bundle"
 REAL_LOOP = "color3d_jpeg_baseline.dcm"
 TRAIN = (
     "import sys; from pathlib import Path; from workers.research.train import train_demo_bundle; "
-    "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0, epochs=40, phantom_size=(96, 128)))"
+    "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0, epochs=20, phantom_size=(160, 208), size=80))"
 )
+# What the cached bundle was trained with; a change here (or in the phantom generator, "phantom-2") retrains it.
+RECIPE = "phantom-2 " + TRAIN
 
 
 def _alnnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -49,17 +51,20 @@ def _alnnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 def demo_bundle() -> Path:
     """The cached demo bundle, trained on the first run (a few minutes on 2 CPU cores)."""
     meta = CACHE / "bundle" / "configs" / "metadata.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("aln_node_version") == __version__:
+    recipe = CACHE / "recipe.txt"
+    if (meta.is_file() and json.loads(meta.read_text()).get("aln_node_version") == __version__
+            and recipe.is_file() and recipe.read_text() == RECIPE):
         print(f"== reusing the demo bundle in {meta.parent.parent}")
         return meta.parent.parent
     shutil.rmtree(CACHE, ignore_errors=True)
     CACHE.mkdir(parents=True)
-    print("== training a small TIN bundle on 100 synthetic phantom loops (first run only, about 7 minutes on 2 cores) ...", flush=True)
+    print("== training a small TIN bundle on 100 synthetic phantom loops (first run only, about 5 minutes on 2 cores) ...", flush=True)
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", TRAIN, str(CACHE), "100"], cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise NodeError(f"demo training failed:\n{out.stderr[-3000:]}")
     bundle = Path(out.stdout.strip().splitlines()[-1])
+    recipe.write_text(RECIPE)
     auc = json.loads((bundle / "configs" / "metadata.json").read_text())["training"].get("held_out_auc")
     print(f"   trained in {time.monotonic() - t0:.0f} s; held-out AUC on phantoms {auc}")
     return bundle
@@ -171,8 +176,8 @@ def main() -> int:
     from pydicom.data import get_testdata_file
 
     bundle = demo_bundle()
-    print("== held-out phantom loops: alnnode phantom --out demo-out/phantoms --n 6 --seed 2026 --frames 24 --size 96x128")
-    _alnnode("phantom", "--out", str(OUT / "phantoms"), "--n", "6", "--seed", "2026", "--frames", "24", "--size", "96x128")
+    print("== held-out phantom loops: alnnode phantom --out demo-out/phantoms --n 6 --seed 2026 --frames 24 --size 160x208")
+    _alnnode("phantom", "--out", str(OUT / "phantoms"), "--n", "6", "--seed", "2026", "--frames", "24", "--size", "160x208")
     with open(OUT / "phantoms" / "manifest.csv", newline="") as fh:
         manifest = list(csv.DictReader(fh))
     loops = [OUT / "phantoms" / r["path"] for r in manifest] + [Path(str(get_testdata_file(REAL_LOOP)))]

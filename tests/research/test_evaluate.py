@@ -229,6 +229,27 @@ def test_predictions_with_cam_peaks_and_manifest_report_localisation(tmp_path: P
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isclose(metrics["localisation"]["predictions"]["share"], 5 / 10)
     assert "Pointing game" in (out / "report.md").read_text()
+    # odd loops peak at (15, 28), 9 px right of the mask's last column (19): hits with a 9-px tolerance
+    assert evaluate.main(["--predictions", str(csv_path), "--manifest", str(manifest), "--out", str(out),
+                          "--pointing-tolerance", "9"]) == 0  # fmt: skip
+    loc = json.loads((out / "metrics.json").read_text())["localisation"]["predictions"]
+    assert (loc["tolerance_px"], loc["hits"], loc["share"], loc["hits_strict"], loc["share_strict"]) == (9, 10, 1.0, 5, 0.5)
+
+
+def test_negative_pointing_tolerance_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = _write(tmp_path / "p.csv", ["case_id", "label", "score"], [["a", 1, 0.9], ["b", 0, 0.2]])
+    assert evaluate.main(["--predictions", str(csv_path), "--out", str(tmp_path / "o"), "--pointing-tolerance", "-2"]) == 2
+    assert "--pointing-tolerance -2.0: must be >= 0 pixels" in capsys.readouterr().err
+
+
+def test_manifest_static_frame_is_read_and_bad_values_named(tmp_path: Path) -> None:
+    for name in ("a.dcm", "b.dcm"):
+        (tmp_path / name).write_bytes(b"x")
+    good = _write(tmp_path / "m.csv", ["path", "label", "patient_id", "static_frame"], [["a.dcm", 1, "p1", 7], ["b.dcm", 0, "p2", ""]])
+    assert [r.static_frame for r in evaluate.read_manifest(good)] == [7, None]
+    bad = _write(tmp_path / "bad.csv", ["path", "label", "patient_id", "static_frame"], [["a.dcm", 1, "p1", "-3"]])
+    with pytest.raises(evaluate.EvaluationError, match=r"bad.csv line 2: static_frame '-3' is not a frame index"):
+        evaluate.read_manifest(bad)
 
 
 def test_bundle_missing_manifest_is_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,6 +101,7 @@ def test_manifest_lists_every_loop_with_its_labels(phantom_sets: Sets) -> None:
         assert int(row["frames"]) == ds.NumberOfFrames == 16
         assert int(row["positive_frames"]) == len(case.frames_with_feature)
         assert (int(row["positive_frames"]) > 0) == (row["true_label"] == "1")
+        assert int(row["static_frame"]) == case.static_frame and 0 <= case.static_frame < 16
 
 
 def test_masks_mark_the_feature_inside_the_region_in_a_contiguous_part(phantom_sets: Sets) -> None:
@@ -146,6 +147,15 @@ def test_feature_is_what_differs_between_classes_and_only_where_masked() -> None
     in_mask = diff[feature][mask[feature]].mean()
     assert in_mask > 15  # plainly visible: tens of grey levels in the marked structure
     assert diff[feature][~mask[feature]].mean() < in_mask / 10
+
+
+def test_static_frame_is_the_lesion_s_largest_section() -> None:
+    """The static image (what a sonographer stores) shows the lesion at its widest, in both classes."""
+    for seed in range(6):
+        _, _, meta = make_loop(np.random.default_rng(seed), seed % 2, 24, (96, 128))
+        assert meta.static_frame in meta.lesion_frames
+        centre = (meta.sweep.elevation - meta.scene.lesion.elev_center) ** 2
+        assert meta.static_frame == int(np.argmin(centre))
 
 
 def test_nuisance_parameters_alone_do_not_predict_the_label() -> None:

@@ -237,3 +237,35 @@ def test_pointing_game_counts_peaks_inside_masks() -> None:
     assert stats.pointing_game([(3, 3), (0, 0)], [mask, None]) == 1.0
     with pytest.raises(ValueError, match="no key frame"):
         stats.pointing_game([(3, 3)], [None])
+
+
+def test_pointing_game_tolerance_counts_peaks_near_the_mask() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    peaks = [(3, 3), (3, 7), (8, 8), (20, 20)]  # inside; 3 px right of the box; 4 px off diagonally (5.66); off the frame
+    masks = [mask] * 4
+    assert stats.pointing_game(peaks, masks) == pytest.approx(1 / 4)
+    assert stats.pointing_game(peaks, masks, tolerance=3) == pytest.approx(2 / 4)
+    assert stats.pointing_game(peaks, masks, tolerance=5.6) == pytest.approx(2 / 4)
+    assert stats.pointing_game(peaks, masks, tolerance=5.7) == pytest.approx(3 / 4)
+    assert stats.pointing_game([(3, 7)], [np.zeros((10, 10), bool)], tolerance=50) == 0.0
+    with pytest.raises(ValueError, match="tolerance must be >= 0 pixels, got -1"):
+        stats.pointing_game(peaks, masks, tolerance=-1)
+
+
+def test_cam_peak_is_the_middle_of_the_maximal_region_not_its_first_pixel() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    coarse = torch.zeros(1, 1, 4, 4)
+    coarse[0, 0, 0, 1] = 1.0  # an edge cell: bilinear upsampling clamps it into a plateau up to the border
+    plane = F.interpolate(coarse, size=(112, 112), mode="bilinear", align_corners=False)[0, 0].numpy()
+    y, x = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    assert y == 0  # argmax: the border row
+    py, px = stats.cam_peak(plane)
+    assert 5 <= py <= 9 and 41 <= px <= 42  # halfway between the border and the cell centre (13.5, 41.5)
+    coarse[0, 0, 0, 1], coarse[0, 0, 2, 1] = 0.0, 1.0  # an interior cell: its centre (69.5, 41.5)
+    plane = F.interpolate(coarse, size=(112, 112), mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert stats.cam_peak(plane) in {(69, 41), (69, 42), (70, 41), (70, 42)}
+    with pytest.raises(ValueError, match="non-empty 2-D map"):
+        stats.cam_peak(np.zeros((2, 3, 4)))

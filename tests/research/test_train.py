@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,14 @@ from workers.models import ARCHS, STATIC_ARCHS
 from workers.research import evaluate
 from workers.research.phantom import generate
 from workers.research.train import main, train_cv
-from workers.research.train_data import FrameCache, base_for, grouped_stratified_folds, read_manifest
+from workers.research.train_data import (
+    ClipDataset,
+    EvalClips,
+    FrameCache,
+    base_for,
+    grouped_stratified_folds,
+    read_manifest,
+)  # fmt: skip
 from workers.research.train_loop import FoldConfig, resolve_device, train_fold
 
 TINY = {"frames": 4, "size": 32, "batch": 2}
@@ -64,6 +72,26 @@ def test_every_arch_trains_one_epoch(arch: str, tiny_set: Path, cache_dir: Path)
     if arch in STATIC_ARCHS:  # trained on single frames, still takes a clip (mean logits over frames)
         with torch.no_grad():
             assert result.model(clip[:, :, 0]).shape == (1, 2)
+
+
+def test_static_baselines_see_only_the_static_image_when_the_manifest_names_one(tiny_set: Path, cache_dir: Path) -> None:
+    rows = read_manifest(tiny_set)
+    assert all(r.static_frame is not None and 0 <= r.static_frame < 10 for r in rows)  # written by alnnode phantom
+    cache = FrameCache(cache_dir, base_for(32))
+    video, static = EvalClips(cache, 4, 32), EvalClips(cache, 4, 32, static_image=True)
+    assert video(rows[0]).shape[1:] == (3, 4, 32, 32)
+    image = static(rows[0])
+    assert image.shape == (1, 3, 1, 32, 32)
+    other = replace(rows[0], static_frame=(rows[0].static_frame + 5) % 10)
+    assert not torch.equal(static(other), image)  # it is that frame, not a fixed one
+    assert static(replace(rows[0], static_frame=None)).shape == video(rows[0]).shape  # no static image: every frame
+    train = ClipDataset([rows[0]], cache, frames=4, size=32, single_frame=True, seed=0)
+    assert train[0][0].shape == (3, 1, 32, 32)
+    bad = replace(rows[0], static_frame=99)
+    with pytest.raises(ValueError, match="static_frame 99 is not a frame of this 10-frame loop"):
+        static(bad)
+    with pytest.raises(ValueError, match="static_frame 99"):
+        ClipDataset([bad], cache, frames=4, size=32, single_frame=True, seed=0)[0]
 
 
 def test_cross_validation_writes_bundles_predictions_curves(tiny_set: Path, cache_dir: Path, tmp_path: Path,
@@ -134,3 +162,14 @@ def test_cli_names_bad_input(tiny_set: Path, tmp_path: Path, capsys: pytest.Capt
     rc = main(["--manifest", str(tiny_set), "--arch", "tin", "--out", str(tmp_path), "--folds", "11"])
     assert rc == 2
     assert "folds=11" in capsys.readouterr().err
+
+
+def test_resume_accepts_another_grad_cam_layer_but_no_other_option(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from workers.research.train_loop import _check_resume
+
+    cfg = FoldConfig("tin", {"depth": 18, "cam_layer": "layer3"}, 2, 1e-4, 2, 4, 32, base_for(32), 0, 0)
+    _check_resume(asdict(replace(cfg, options={"depth": 18})), cfg, tmp_path / "c.pt")  # explanation only
+    with pytest.raises(ValueError, match=r"made with options=\{'depth': 50\}"):
+        _check_resume(asdict(replace(cfg, options={"depth": 50})), cfg, tmp_path / "c.pt")

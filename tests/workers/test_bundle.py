@@ -157,3 +157,20 @@ def test_cli_creates_an_untrained_bundle(tmp_path: Path, capsys: pytest.CaptureF
     assert loaded.info.model_uid in capsys.readouterr().out
     assert main(["create", "--arch", "tin", "--out", str(tmp_path / "x"), "--option", "depth=7"]) == 2
     assert "depth" in capsys.readouterr().out
+
+
+def test_cam_layer_option_is_kept_by_the_bundle_and_bad_names_are_refused(tmp_path: Path) -> None:
+    from workers.gradcam import clip_cam, make_explainer
+    from workers.models import build
+
+    torch.manual_seed(0)
+    model = build("tin", **TINY, cam_layer="layer3").eval()
+    assert model.cam_layer == "layer3"
+    out = save_bundle(model, tmp_path / "b", arch="tin", options={**TINY, "cam_layer": "layer3"}, name="tin-l3",
+                      synthetic_only=True, untrained=True)  # fmt: skip
+    loaded = load_bundle(out)
+    assert loaded.model.cam_layer == "layer3"
+    cam = clip_cam(loaded.model, make_explainer(loaded.model), torch.rand(1, 3, 8, 64, 64), class_idx=1)
+    assert cam.shape == (8, 64, 64)
+    with pytest.raises(ValueError, match="cam_layer 'fc' is not a stage of tin; expected one of layer1, layer2, layer3, layer4"):
+        build("tin", **TINY, cam_layer="fc")

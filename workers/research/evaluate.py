@@ -52,6 +52,7 @@ class ManifestRow:
     label: int
     patient_id: str
     case_id: str
+    static_frame: int | None = None  # the loop's static image (0-based frame), e.g. the one the sonographer stored
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -121,7 +122,8 @@ def read_predictions(path: Path, name: str | None = None) -> ModelScores:
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:
-    """Read ``path,label,patient_id[,case_id]``; relative paths are taken from the manifest's folder."""
+    """Read ``path,label,patient_id[,case_id][,static_frame]``; relative paths are taken from the manifest's
+    folder. ``static_frame`` (0-based, may be empty) names the loop's static image for the static baselines."""
     rows = _rows(path, ["path", "label", "patient_id"])
     out = []
     for line, r in enumerate(rows, 2):
@@ -129,8 +131,11 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         p = p if p.is_absolute() else path.parent / p
         if not p.is_file():
             raise EvaluationError(f"{path} line {line}: file {r['path']!r} not found")
+        static = (r.get("static_frame") or "").strip()
+        if static and not (static.isdigit() and static.isascii()):
+            raise EvaluationError(f"{path} line {line}: static_frame {static!r} is not a frame index (integer >= 0)")
         out.append(ManifestRow(p, _binary(path, line, "label", r["label"]), r["patient_id"],
-                               r.get("case_id") or p.stem))
+                               r.get("case_id") or p.stem, int(static) if static else None))
     _case_ids(path, [r.case_id for r in out])
     return out
 
@@ -177,9 +182,7 @@ def _clean(value: Any) -> Any:
 def _peak(cam: np.ndarray, cam_frames: tuple[int, ...], key_frame: int) -> tuple[int, int] | None:
     if key_frame not in cam_frames or cam.ndim != 3:
         return None
-    plane = np.asarray(cam[cam_frames.index(key_frame)])
-    y, x = np.unravel_index(int(np.argmax(plane)), plane.shape)
-    return int(y), int(x)
+    return stats.cam_peak(np.asarray(cam[cam_frames.index(key_frame)]))
 
 
 def run_bundle(
@@ -297,8 +300,11 @@ def reader_metrics(
     return out, warnings
 
 
-def localisation(models: dict[str, ModelScores], manifest: Path | None) -> tuple[dict[str, Any], list[str]]:
-    """Pointing game per model from the CAM peaks in its predictions and ``masks/CASE.npz`` by the manifest.
+def localisation(
+    models: dict[str, ModelScores], manifest: Path | None, tolerance: float = 0.0
+) -> tuple[dict[str, Any], list[str]]:
+    """Pointing game per model from the CAM peaks in its predictions and ``masks/CASE.npz`` by the manifest:
+    strict (``hits_strict``, ``share_strict``) and within ``tolerance`` pixels (``hits``, ``share``).
 
     Cases whose mask is empty in every frame (no lesion structure to point at) are left out and counted;
     a key frame whose own mask is empty while others are not counts as a miss.
@@ -335,15 +341,17 @@ def localisation(models: dict[str, ModelScores], manifest: Path | None) -> tuple
         if missing:
             warnings.append(f"{name}: {missing} case(s) without masks/CASE.npz left out of the pointing game")
         scored = sum(p is not None for p in peaks)
-        share = stats.pointing_game(peaks, masks) if scored else None
-        hits = round(share * scored) if share is not None else 0
-        out[name] = {"n": scored, "hits": hits, "share": share, "missing_masks": missing, "empty_masks": empty}
+        share = stats.pointing_game(peaks, masks, tolerance) if scored else None
+        strict = stats.pointing_game(peaks, masks) if scored else None
+        out[name] = {"n": scored, "tolerance_px": tolerance, "hits": round(share * scored) if share is not None else 0,
+                     "share": share, "hits_strict": round(strict * scored) if strict is not None else 0,
+                     "share_strict": strict, "missing_masks": missing, "empty_masks": empty}  # fmt: skip
     return out, warnings
 
 
 def evaluate(
     models: list[ModelScores], thresholds: dict[str, float], readers: Path | None = None,
-    manifest: Path | None = None,
+    manifest: Path | None = None, pointing_tolerance: float = 0.0,
 ) -> Evaluation:
     """Compute every number of ``metrics.json``."""
     by_name: dict[str, ModelScores] = {}
@@ -374,7 +382,7 @@ def evaluate(
         reader_cases = read_readers(readers, truth)
         metrics["readers"], warn = reader_metrics(reader_cases, by_name, thresholds)
         warnings += warn
-    metrics["localisation"], warn = localisation(by_name, manifest)
+    metrics["localisation"], warn = localisation(by_name, manifest, pointing_tolerance)
     warnings += warn
     for w in warnings:
         logger.warning("%s", w)
@@ -411,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readers", type=Path, help="CSV case_id,reader,call (call 0/1)")
     p.add_argument("--threshold", action="append", default=[], metavar="T|NAME=T",
                    help="call positive when score >= T (default 0.5); repeat NAME=T per model")
+    p.add_argument("--pointing-tolerance", type=float, default=0.0, metavar="PX",
+                   help="pointing game: a CAM peak within PX pixels of the mask is a hit (Zhang et al. use 15; "
+                        "default 0, strict; the strict share is always reported too)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
 
@@ -433,8 +444,10 @@ def main(argv: list[str]) -> int:
             name, csv_path = run_bundle(args.bundle, args.manifest, args.out)
             models.append(read_predictions(csv_path, name=name))
         models += [read_predictions(p) for p in args.predictions]
+        if not args.pointing_tolerance >= 0:
+            raise EvaluationError(f"--pointing-tolerance {args.pointing_tolerance!r}: must be >= 0 pixels")
         thresholds = _thresholds(args.threshold, [m.name for m in models])
-        result = evaluate(models, thresholds, args.readers, args.manifest)
+        result = evaluate(models, thresholds, args.readers, args.manifest, args.pointing_tolerance)
     except EvaluationError as exc:
         print(f"alnnode evaluate: error: {exc}", file=sys.stderr)
         return 2

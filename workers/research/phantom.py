@@ -2,9 +2,11 @@
 
 A linear probe sweeps (elevationally, with some lateral drift) through a layered breast (skin, subcutaneous
 fat with Cooper's ligaments, fibroglandular tissue, retromammary fat, pectoral muscle) holding a hypoechoic
-ellipsoidal lesion, so the lesion enters, grows, shrinks and leaves. In positives a slab of the lesion carries
-an angular/spiculated margin segment with an echogenic halo and microcalcifications -- BI-RADS malignant
-descriptors -- seen in one contiguous 20-40 % of the frames; negatives stay circumscribed and oval. Size,
+ellipsoidal lesion (1-2 cm wide), so the lesion enters, grows, shrinks and leaves. In positives a slab of the
+lesion carries an angular/spiculated margin segment with a 1-1.6 mm echogenic halo and 4-8 microcalcifications
+(echogenic foci of about 0.7 mm) -- BI-RADS malignant descriptors -- seen in one contiguous 20-40 % of the
+frames; negatives stay circumscribed and oval. The foci and the halo are sized in cm, so they survive the
+resize to a small network input (80-112 px) as they would on a real scanner image. Size,
 depth, contrast, position, posterior features, cysts, specular reflectors and shadows are drawn from the
 same distributions in both classes (the same random stream, in fact), so only the feature carries the label.
 Speckle is fully developed: the echo amplitude multiplies circular complex Gaussian scatterers, blurred by
@@ -34,7 +36,8 @@ __all__ = ["LoopMeta", "PhantomCase", "Scene", "describe", "generate", "main", "
 logger = logging.getLogger(__name__)
 
 POSTERIOR = ("none", "enhancement", "shadowing")
-PSF_SIGMA = (0.5, 0.9, 1.9)  # (frames, rows, columns): elevational, axial and lateral resolution in pixels
+PSF_SIGMA = (0.5, 0.9, 1.9)
+CALC_SIGMA_CM = 0.03  # microcalcifications: echogenic foci of about 0.7 mm (FWHM)  # (frames, rows, columns): elevational, axial and lateral resolution in pixels
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Feature:
     teeth: int
     tooth_amp: float
     spicule_len: float
+    halo_cm: float  # thickness of the echogenic halo around the angular segment
     calcs: tuple[tuple[float, float, float], ...]  # (radius fraction, angle, amplitude)
     fraction: float  # share of the frames that show it
 
@@ -109,6 +113,11 @@ class LoopMeta:
     scene: Scene
     sweep: Sweep = field(repr=False)
 
+    @property
+    def static_frame(self) -> int:
+        """The frame a sonographer would freeze and store as the static image: the lesion's largest section."""
+        return int(np.argmax(_cross_section(self.sweep.elevation, self.scene.lesion)))
+
     def nuisance(self) -> dict[str, float]:
         """Parameters that vary in both classes and must not predict the label on their own."""
         les = self.scene.lesion
@@ -149,7 +158,7 @@ def sample_scene(rng: np.random.Generator, label: int, frames: int, size: tuple[
     retro = gland + u(0.1, 0.25)
     muscle = retro + u(0.5, 0.9)
     waves = tuple((u(0.0, a), u(0.15, 0.6), u(0, 2 * np.pi), u(0, 2 * np.pi)) for a in (0.03, 0.15, 0.15, 0.1, 0.1))
-    a = u(0.35, 0.8)
+    a = u(0.5, 1.0)  # semi-axis: 1-2 cm wide, the usual size of a node-positive breast cancer (T1c-T2)
     b = a * u(0.5, 0.85)
     lo, hi = max(b + 0.35, fat), min(depth - b - 0.5, gland + 0.2)
     er = u(0.26, 0.42)
@@ -170,9 +179,10 @@ def sample_scene(rng: np.random.Generator, label: int, frames: int, size: tuple[
     )
     sector, span = u(0, 2 * np.pi), u(1.0, 1.7)
     calcs = tuple(
-        (u(0.1, 0.8), sector + u(-0.6, 0.6) * span, u(1.5, 2.8)) for _ in range(int(rng.integers(3, 8)))
+        (u(0.15, 0.8), sector + u(-0.6, 0.6) * span, u(4.0, 7.0)) for _ in range(int(rng.integers(4, 9)))
     )
-    feature = Feature(sector, span, int(rng.integers(3, 6)), u(0.3, 0.5), u(0.5, 0.9), calcs, u(0.22, 0.38))
+    feature = Feature(sector, span, int(rng.integers(3, 6)), u(0.3, 0.5), u(0.6, 1.0), u(0.1, 0.16), calcs,
+                      u(0.22, 0.38))
     other = -np.sign(lesion.lateral_cm or 1.0)  # cysts and shadows sit on the other side of the image
     cyst = None
     if rng.random() < 0.5:
@@ -332,16 +342,17 @@ def _ellipsoid(tis: _Tissue, t: int, les: Lesion, scale: float, feature: Feature
             dk = th - (feature.sector_center + feature.sector_width * (k / (2 * feature.teeth) - 0.5))
             along, across = rn * np.cos(dk), rn * np.abs(np.sin(dk)) * np.sqrt(a * b)
             run = (along - base) / feature.spicule_len
-            ray = np.exp(-0.35 * across**2) * (run > 0) * np.clip(1 - run, 0, 1)
+            ray = np.exp(-0.12 * across**2) * (run > 0) * np.clip(1 - run, 0, 1)
             rays[k % 2] = np.maximum(rays[k % 2], ray)
-        halo = sector * np.exp(-(((rn - radius - 0.2) / 0.18) ** 2))
-        box *= (1 + 1.5 * halo) * (1 - 0.9 * rays[0])
-        box += 1.3 * rays[1]
+        halo_w = feature.halo_cm / (tis.d * np.sqrt(a * b))  # thickness in units of the section's radius
+        halo = sector * np.exp(-(((rn - radius - 0.6 * halo_w) / halo_w) ** 2))
+        box *= (1 + 3.0 * halo) * (1 - 0.9 * rays[0])
+        box += 1.6 * rays[1]
         spicules = rays.max(axis=0)
         tip = 1 + feature.tooth_amp
-        tis.mask[t, rs, cs] |= ((sector > 0.3) & (rn > 0.8) & (rn < tip + 0.2)) | (spicules > 0.3)
+        tis.mask[t, rs, cs] |= ((sector > 0.3) & (rn < tip + 0.2)) | (spicules > 0.3) | (halo > 0.3)
         for frac, ang, amp in feature.calcs:
-            _blob(tis, t, r + frac * np.sin(ang) * b, c + frac * np.cos(ang) * a, amp, 0.6, mark=True)
+            _blob(tis, t, r + frac * np.sin(ang) * b, c + frac * np.cos(ang) * a, amp, CALC_SIGMA_CM / tis.d, mark=True)
     _posterior(tis, t, r, c, a, b, les, scale)
 
 
@@ -484,7 +495,8 @@ def generate(
         ds = dcm.build_dataset(pixels, meta.region, ids, syntax)
         case_id = f"case{i:0{width}d}"
         label, true_label = int(noisy[p]), int(true_labels[p])
-        cases.append(dcm.write_case(out, case_id, pixels, mask, meta.frames_with_feature, ds, label, true_label))
+        cases.append(dcm.write_case(out, case_id, pixels, mask, meta.frames_with_feature, ds, label, true_label,
+                                    meta.static_frame))
         logger.debug("phantom %s: label %d, feature frames %s", case_id, true_label, meta.frames_with_feature)
     dcm.write_manifest(out, cases)
     return cases

@@ -313,19 +313,20 @@ class PhantomCase:
     true_label: int  # what the pixels show
     frames: int
     frames_with_feature: tuple[int, ...]
+    static_frame: int  # the lesion's largest section: the image a sonographer would freeze and store
     study_instance_uid: str
     sop_instance_uid: str
 
 
 MANIFEST_COLUMNS = (
     "path", "label", "patient_id", "case_id", "true_label", "frames", "positive_frames",
-    "feature_start", "feature_stop", "mask_path", "study_instance_uid", "sop_instance_uid",
+    "feature_start", "feature_stop", "static_frame", "mask_path", "study_instance_uid", "sop_instance_uid",
 )
 
 
 def write_case(
     out_dir: Path, case_id: str, frames: np.ndarray, mask: np.ndarray, feature_frames: np.ndarray,
-    ds: Dataset, label: int, true_label: int,
+    ds: Dataset, label: int, true_label: int, static_frame: int,
 ) -> PhantomCase:
     """Write the DICOM file ``dicom/CASE.dcm`` and the mask ``masks/CASE.npz`` (``mask`` (F, H, W) bool in
     frame geometry, ``frames_with_feature`` int indices)."""
@@ -334,12 +335,14 @@ def write_case(
     mask_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(mask_path, mask=mask, frames_with_feature=feature_frames.astype(np.int32))
     return PhantomCase(case_id, path, mask_path, str(ds.PatientID), label, true_label, int(frames.shape[0]),
-                       tuple(int(i) for i in feature_frames), str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+                       tuple(int(i) for i in feature_frames), static_frame, str(ds.StudyInstanceUID),
+                       str(ds.SOPInstanceUID))
 
 
 def write_manifest(out_dir: Path, cases: list[PhantomCase]) -> Path:
     """``manifest.csv``: one row per loop; paths relative to ``out_dir``; ``positive_frames`` counts the
-    frames showing the feature, ``feature_start``/``feature_stop`` bound them (stop exclusive; empty if none)."""
+    frames showing the feature, ``feature_start``/``feature_stop`` bound them (stop exclusive; empty if none);
+    ``static_frame`` is the loop's static image for the static baselines (the lesion's largest section)."""
     path = out_dir / "manifest.csv"
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -348,7 +351,7 @@ def write_manifest(out_dir: Path, cases: list[PhantomCase]) -> Path:
             span = (c.frames_with_feature[0], c.frames_with_feature[-1] + 1) if c.frames_with_feature else ("", "")
             writer.writerow([
                 c.path.relative_to(out_dir).as_posix(), c.label, c.patient_id, c.case_id, c.true_label, c.frames,
-                len(c.frames_with_feature), *span, c.mask_path.relative_to(out_dir).as_posix(),
+                len(c.frames_with_feature), *span, c.static_frame, c.mask_path.relative_to(out_dir).as_posix(),
                 c.study_instance_uid, c.sop_instance_uid,
             ])
     return path

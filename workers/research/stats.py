@@ -315,16 +315,38 @@ def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
     return recall, precision, ap
 
 
+def cam_peak(plane: np.ndarray) -> tuple[int, int]:
+    """(row, col) of a CAM's peak: the pixel of its maximal region nearest that region's centroid.
+
+    A coarse CAM upsampled bilinearly (align_corners=False) is clamped beyond its outermost cell centres,
+    so the maximum of an edge cell is a plateau that runs from the cell's centre to the border of the
+    image; ``np.argmax`` would put the peak on the border (its first pixel). Most cells of a 4x4 or 7x7
+    map are edge cells.
+    """
+    p = np.asarray(plane, dtype=np.float64)
+    if p.ndim != 2 or p.size == 0:
+        raise ValueError(f"cam_peak wants a non-empty 2-D map, got shape {p.shape}")
+    top = float(p.max())
+    ys, xs = np.nonzero(p >= top - 1e-6 * max(1.0, abs(top)))
+    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[i]), int(xs[i])
+
+
 def pointing_game(
-    cam_peak_yx_list: Sequence[tuple[int, int] | None], masks: Sequence[np.ndarray | None]
+    cam_peak_yx_list: Sequence[tuple[int, int] | None], masks: Sequence[np.ndarray | None], tolerance: float = 0.0
 ) -> float:
-    """Share of key frames whose Grad-CAM peak ``(row, col)`` lies inside the 2-D ground-truth mask.
+    """Share of key frames whose Grad-CAM peak ``(row, col)`` lies inside the 2-D ground-truth mask, or
+    within ``tolerance`` pixels (Euclidean) of it: Zhang et al.'s pointing game (IJCV 2018), which uses a
+    15-pixel tolerance because a CAM is coarser than the image; ``tolerance=0`` is the strict game.
 
     Pairs where the peak or the mask is ``None`` (not available) are left out; a peak outside the mask's
-    shape is a miss. Raises ``ValueError`` when the lists differ in length or no pair can be scored.
+    shape is a miss. Raises ``ValueError`` when the lists differ in length, ``tolerance`` is negative or no
+    pair can be scored.
     """
     if len(cam_peak_yx_list) != len(masks):
         raise ValueError(f"pointing game: {len(cam_peak_yx_list)} peaks but {len(masks)} masks")
+    if not tolerance >= 0:
+        raise ValueError(f"pointing game: tolerance must be >= 0 pixels, got {tolerance!r}")
     hits = scored = 0
     for peak, mask in zip(cam_peak_yx_list, masks, strict=True):
         if peak is None or mask is None:
@@ -334,7 +356,13 @@ def pointing_game(
             raise ValueError(f"pointing game: mask must be 2-D (rows, cols), got shape {m.shape}")
         y, x = int(peak[0]), int(peak[1])
         scored += 1
-        hits += int(0 <= y < m.shape[0] and 0 <= x < m.shape[1] and bool(m[y, x]))
+        if not (0 <= y < m.shape[0] and 0 <= x < m.shape[1]):
+            continue
+        if tolerance == 0 or m[y, x]:
+            hits += int(m[y, x])
+        elif m.any():
+            ys, xs = np.nonzero(m)
+            hits += int(float(np.min((ys - y) ** 2 + (xs - x) ** 2)) <= tolerance**2)
     if scored == 0:
         raise ValueError("pointing game: no key frame has both a CAM peak and a mask")
     return hits / scored

@@ -3,9 +3,11 @@
 Recipe (seed/aln-us-video-paper.txt): random init, Adam, lr 1e-4, batch 4, 300 epochs, cross-entropy,
 T = 16, 5-fold cross-validation, the augmentation of :mod:`workers.preprocess`; the fold model with the
 highest held-out AUC is the one that is deployed (``OUT/best``). Folds are grouped by patient (no patient in
-both training and validation) and stratified by label. Static baselines (resnet50, inceptionv3, vgg19) learn
-from single frames (one random frame of the loop per step) and are evaluated, as at inference, on every
-sampled frame of the evaluation clips with their logits averaged.
+both training and validation) and stratified by label. Static baselines (resnet50, inceptionv3, vgg19) are
+models of the static image, as in the study: when the manifest has a ``static_frame`` column (the frame the
+sonographer stored; ``alnnode phantom`` writes the lesion's largest section) they learn from and are
+evaluated on that frame alone. Without it they learn from one random frame of the loop per step and are
+evaluated, as at inference, on every sampled frame of the evaluation clips with their logits averaged.
 
 Outputs under ``OUT``: ``fold{k}/bundle`` (MONAI bundle), ``fold{k}/checkpoint.pt``, ``best/``,
 ``oof_predictions.csv`` (``case_id,label,score``: each loop scored by the fold that held it out; usable by
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from workers.bundle import parse_option, save_bundle
-from workers.models import ARCHS
+from workers.models import ARCHS, STATIC_ARCHS
 from workers.research import stats
 from workers.research.evaluate import EvaluationError
 from workers.research.train_data import (
@@ -124,7 +126,8 @@ def train_cv(
     config = {"manifest": str(manifest.resolve()), "arch": arch, "folds": folds, "epochs": epochs, "lr": lr,
               "batch": batch, "frames": frames, "size": size, "base": base, "device": str(dev), "seed": seed,
               "options": opts, "select": select, "schedule": schedule, "optimizer": "Adam", "loss": "cross-entropy",
-              "static_single_frame": arch in ("resnet50", "inceptionv3", "vgg19")}  # fmt: skip
+              "static_single_frame": arch in STATIC_ARCHS,
+              "static_image": arch in STATIC_ARCHS and all(r.static_frame is not None for r in rows)}  # fmt: skip
     oof = np.full(len(rows), np.nan)
     fold_of = np.full(len(rows), -1)
     summaries, history, models = [], [], []
@@ -161,14 +164,18 @@ def train_cv(
                       est.auc, (est.ci_low, est.ci_high), best, str(best_dir), str(oof_path), config, asdict(data),
                       _versions(), 0.0)  # fmt: skip
     if ensemble:
-        clips = EvalClips(cache, frames, size)
+        clips = EvalClips(cache, frames, size, static_image=arch in STATIC_ARCHS)
         scores = np.mean([evaluate_rows(m.to(dev), rows, clips, dev)[0] for m in models], axis=0)
         summary.ensemble_predictions = str(_write_predictions(out / "ensemble_predictions.csv", rows, scores, None))
         summary.notes.append("ensemble_predictions.csv: each loop was in the training data of folds-1 of the "
                              "averaged models; not a held-out estimate")  # fmt: skip
-    if arch in ("resnet50", "inceptionv3", "vgg19"):
-        summary.notes.append("static baseline: trained on one random frame per loop and step; evaluated on every "
-                             "sampled frame of the evaluation clips with mean logits")  # fmt: skip
+    if config["static_image"]:
+        summary.notes.append("static baseline: trained and evaluated on each loop's static image (manifest "
+                             "static_frame) alone")  # fmt: skip
+    elif arch in STATIC_ARCHS:
+        summary.notes.append("static baseline: trained on one random frame per loop and step (rows without "
+                             "static_frame); evaluated on every sampled frame of the evaluation clips with mean "
+                             "logits")  # fmt: skip
     summary.seconds = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(_clean(asdict(summary)), indent=2) + "\n")
     logger.info("%s: OOF AUC %.3f (%.3f-%.3f), folds %s, best fold %d, %.0f s", arch, est.auc, est.ci_low,
@@ -246,9 +253,11 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") ->
 
 
 def train_demo_bundle(
-    out_dir: Path, *, n: int = 40, seed: int = 0, epochs: int = 30, phantom_size: tuple[int, int] = (160, 208)
+    out_dir: Path, *, n: int = 40, seed: int = 0, epochs: int = 30, phantom_size: tuple[int, int] = (160, 208),
+    size: int = 64,
 ) -> Path:
-    """Train a small TIN (ResNet-18 variant, 8 frames, 64 px) on ``n`` phantom loops for ``make demo``.
+    """Train a small TIN (ResNet-18 variant, 8 frames, ``size`` px, Grad-CAM on layer3) on ``n`` phantom
+    loops of 24 frames for ``make demo``.
 
     One patient-grouped 80/20 split (not cross-validation); a few minutes on 2 CPU cores. The held-out
     AUC is written into the bundle's training metadata. Returns the bundle path (``out_dir/bundle``).
@@ -262,8 +271,8 @@ def train_demo_bundle(
     rows = read_manifest(phantoms / "manifest.csv")
     val_idx = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], 5, seed)[0]
     train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
-    options = {"depth": 18}
-    cfg = FoldConfig("tin", options, epochs, 1e-3, 4, 8, 64, base_for(64), seed, 0, "cosine", "last")
+    options = {"depth": 18, "cam_layer": "layer3"}  # a 5x5 heatmap at 80 px rather than layer4's 3x3
+    cfg = FoldConfig("tin", options, epochs, 1e-3, 4, 8, size, base_for(size), seed, 0, "cosine", "last")
     cache = FrameCache(out_dir / "cache", cfg.base)
     result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache,
                         device=resolve_device(None), progress=False)  # fmt: skip

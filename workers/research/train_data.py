@@ -150,24 +150,37 @@ class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
         row = self.rows[index]
         loop = self.cache.frames(row.path)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.single_frame:  # the study's static baselines learn from single frames of the loop
-            idx = np.array([int(rng.integers(len(loop)))])
+        if self.single_frame:  # the study's static baselines learn from static images: single frames
+            idx = np.array([static_frame(row, len(loop)) if row.static_frame is not None else int(rng.integers(len(loop)))])
         else:
             idx = sample_clip_indices(len(loop), self.frames, rng=rng)[0]
         self.transform.set_random_state(seed=int(rng.integers(2**31)))
         return self.transform(_to_clip(loop[idx])), row.label
 
 
-class EvalClips:
-    """The evaluation clips of a loop, as :func:`workers.inference.predict` samples them (centre crop)."""
+def static_frame(row: ManifestRow, n_frames: int) -> int:
+    """The manifest's ``static_frame`` of ``row``, checked against the loop's length."""
+    if row.static_frame is None or not 0 <= row.static_frame < n_frames:
+        raise ValueError(f"{row.path}: static_frame {row.static_frame!r} is not a frame of this {n_frames}-frame loop")
+    return row.static_frame
 
-    def __init__(self, cache: FrameCache, frames: int, size: int) -> None:
-        self.cache, self.frames, self.size = cache, frames, size
+
+class EvalClips:
+    """The evaluation clips of a loop, as :func:`workers.inference.predict` samples them (centre crop).
+
+    With ``static_image`` (the static baselines), a loop whose manifest row names its ``static_frame`` is
+    seen as that one frame: the study compares the video model with models of the static image.
+    """
+
+    def __init__(self, cache: FrameCache, frames: int, size: int, static_image: bool = False) -> None:
+        self.cache, self.frames, self.size, self.static_image = cache, frames, size, static_image
         self.transform = make_transform(False, size, cache.base)
 
     def __call__(self, row: ManifestRow) -> torch.Tensor:
-        """(n_clips, 3, T, size, size) float32."""
+        """(n_clips, 3, T, size, size) float32; (1, 3, 1, size, size) for a static image."""
         loop = self.cache.frames(row.path)
+        if self.static_image and row.static_frame is not None:
+            return self.transform(_to_clip(loop[[static_frame(row, len(loop))]]))[None]
         indices = sample_clip_indices(len(loop), self.frames)
         return torch.stack([self.transform(_to_clip(loop[idx])) for idx in indices])
 

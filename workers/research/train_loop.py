@@ -97,7 +97,8 @@ def _auc(labels: list[int], scores: list[float]) -> float:
 def evaluate_rows(model: ClipClassifier, rows: list[ManifestRow], clips: EvalClips, device: torch.device,
                   progress: bool = False) -> tuple[list[float], float]:  # fmt: skip
     """P(metastasis) per loop (mean softmax over the loop's evaluation clips, as inference does) and the
-    mean clip cross-entropy. Static nets see every sampled frame of a clip and average their logits."""
+    mean clip cross-entropy. Static nets see every sampled frame of a clip and average their logits, or
+    only the loop's static image when the manifest names one (``static_frame``)."""
     model.eval()
     scores, losses = [], []
     with torch.no_grad(), _autocast(device):
@@ -121,9 +122,15 @@ def _lr(cfg: FoldConfig, epoch: int) -> float:
 
 
 def _check_resume(saved: dict[str, Any], cfg: FoldConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings; ``epochs`` may grow, and the Grad-CAM layer
+    (``options.cam_layer``, which does not change training) may differ."""
     now = asdict(cfg)
+
+    def training(key: str, value: Any) -> Any:
+        return {k: v for k, v in value.items() if k != "cam_layer"} if key == "options" and isinstance(value, dict) else value
+
     for key, value in saved.items():
-        if key != "epochs" and now.get(key) != value:
+        if key != "epochs" and training(key, now.get(key)) != training(key, value):
             raise ValueError(f"--resume: {path} was made with {key}={value!r}, this run has {now.get(key)!r}")
 
 
@@ -167,7 +174,7 @@ def train_fold(
     single = cfg.arch in STATIC_ARCHS
     dataset = ClipDataset(train_rows, cache, frames=cfg.frames, size=cfg.size, single_frame=single,
                           seed=derive_seed(cfg.seed, cfg.fold, 1))  # fmt: skip
-    clips = EvalClips(cache, cfg.frames, cfg.size)
+    clips = EvalClips(cache, cfg.frames, cfg.size, static_image=single)
     drop_last = len(dataset) % cfg.batch == 1 and len(dataset) > cfg.batch  # BatchNorm cannot train on 1 frame
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.arch} fold {cfg.fold}", disable=not progress,
                initial=start, total=cfg.epochs)  # fmt: skip
