@@ -186,3 +186,23 @@ def test_sc_refuses_frames_of_the_wrong_geometry(source: Dataset) -> None:
         build_cine_sc(make_prediction(), source, cam_frames_rgb()[:3], threshold=0.5)
     with pytest.raises(ResultError, match="threshold"):
         build_key_frame_sc(make_prediction(), source, key_frame_rgb(), threshold=50)
+
+
+def test_narrow_frames_put_the_colour_bar_below_the_text_and_wrap_long_lines() -> None:
+    from workers.results import overlay
+
+    long_line = overlay.BannerLine((("ALN metastasis probability 99.4 % (threshold 50 %) at frame 14", overlay.WHITE),))
+    lines = [long_line, overlay.BannerLine((("RESEARCH USE - NOT FOR DIAGNOSTIC USE", overlay.YELLOW),))]
+    frame, cam = np.full((160, 208, 3), 90, np.uint8), np.zeros((160, 208), np.float32)
+    narrow = overlay.render_frame(frame, cam, None, lines)
+    wide = overlay.render_frame(np.full((160, 640, 3), 90, np.uint8), np.zeros((160, 640), np.float32), None, lines)
+    layout = overlay._layout(208, lines)
+    assert layout.stacked and not overlay._layout(640, lines).stacked
+    drawn = [" ".join(t.strip() for t, _ in parts if t.strip()) for parts in layout.text]
+    assert len(drawn) == 3 and " ".join(drawn).split() == " ".join(line.text for line in lines).split()  # wrapped, whole
+    assert all(overlay._font(layout.font_size).getlength(t) <= 208 - 2 * layout.margin for t in drawn)
+    panel = narrow[161:].astype(int)
+    blue = (panel[..., 2] > 200) & (panel[..., 0] < 80)  # the jet colour bar's blue end; no text is blue
+    rows_with_bar = np.flatnonzero(blue.any(axis=1))
+    assert rows_with_bar.size and rows_with_bar.min() >= layout.margin + layout.text_height - 2
+    assert narrow.shape[0] == 160 + 1 + layout.height and wide.shape[0] == 160 + 1 + overlay._layout(640, lines).height

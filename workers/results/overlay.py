@@ -7,13 +7,14 @@ Layout of one rendered frame (width = source Columns)::
     |  Grad-CAM blended where CAM > floor  |  source frame, so a viewer's cursor position maps
     |  and corner marks around the crop    |  back to the loop
     +--------------------------------------+
-    |  banner text            colour bar   |  appended panel: never hides anatomy
-    +--------------------------------------+
+    |  banner text            colour bar   |  appended panel: never hides anatomy (on frames too
+    +--------------------------------------+  narrow for both, the colour bar goes below the text)
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -115,12 +116,63 @@ def _colour_bar(draw: ImageDraw.ImageDraw, left: int, top: int, width: int, size
     draw.text((left + width, label_top), "high", fill=GREY, font=font, anchor="ra")
 
 
-def panel_height(cols: int, n_lines: int) -> int:
-    """Height of the appended panel for ``n_lines`` of text on a frame ``cols`` wide."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where the panel's parts go: the text beside the colour bar, or (narrow frames) above it."""
+
+    size: int  # nominal font size of the frame width: line spacing, colour bar
+    font_size: int  # the text's font, shrunk (not below 9) until the longest line fits
+    margin: int
+    bar_width: int
+    stacked: bool
+    text: tuple[tuple[tuple[str, RGB], ...], ...]  # the lines as drawn (wrapped at spaces if need be)
+    text_height: int
+    height: int  # of the whole panel
+
+
+def _width(parts: Sequence[tuple[str, RGB]], font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:
+    return sum(font.getlength(text) for text, _ in parts)
+
+
+def _wrap(line: BannerLine, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[tuple[tuple[str, RGB], ...]]:
+    """Break ``line`` at spaces into lines no wider than ``width`` (a single longer word stays whole)."""
+    out: list[list[tuple[str, RGB]]] = [[]]
+    for text, colour in line.parts:
+        for token in re.findall(r"\S+|\s+", text):
+            if out[-1] and not token.isspace() and _width([*out[-1], (token, colour)], font) > width:
+                while out[-1] and out[-1][-1][0].isspace():
+                    out[-1].pop()
+                out.append([])
+            if token.isspace() and not out[-1]:
+                continue  # no leading blanks on a continuation line
+            out[-1].append((token, colour))
+    return [tuple(parts) for parts in out if parts]
+
+
+def _layout(cols: int, lines: Sequence[BannerLine]) -> _Layout:
     size = _font_size(cols)
-    text_height = int(n_lines * size * 1.35) + size // 2
+    margin = max(6, size // 2)
+
+    def font_for(width: int) -> int:
+        font_size = size
+        while font_size > 9 and max((_font(font_size).getlength(line.text) for line in lines), default=0) > width:
+            font_size -= 1
+        return font_size
+
+    bar_width = max(60, cols // 5)
+    text_width = cols - bar_width - 3 * margin
+    font_size = font_for(text_width)
+    stacked = max((_font(font_size).getlength(line.text) for line in lines), default=0) > text_width
+    if stacked:  # the text would run under the colour bar: give it the full width, the bar goes below
+        text_width = cols - 2 * margin
+        font_size = font_for(text_width)
+        bar_width = min(text_width, max(60, cols // 3))
+    font = _font(font_size)
+    text = tuple(part for line in lines for part in _wrap(line, font, text_width))
+    text_height = int(len(text) * size * 1.35) + size // 2
     bar_height = int(size * 1.2) + max(8, int(size * 0.9)) + 3 + size
-    return max(text_height, bar_height) + size // 2
+    body = text_height + bar_height if stacked else max(text_height, bar_height)
+    return _Layout(size, font_size, margin, bar_width, stacked, text, text_height, body + size // 2)
 
 
 def render_frame(
@@ -129,30 +181,30 @@ def render_frame(
     crop: Box | None,
     lines: Sequence[BannerLine],
 ) -> np.ndarray:
-    """Blend ``cam`` onto ``frame_rgb`` and append the information panel; uint8 (rows + panel, cols, 3)."""
+    """Blend ``cam`` onto ``frame_rgb`` and append the information panel; uint8 (rows + panel, cols, 3).
+
+    The text sits beside the colour bar; on frames too narrow for that (even at a 9-px font) the colour
+    bar goes below the text, so nothing overlaps, and a line still too long at a 9-px font wraps at spaces.
+    """
     rows, cols = cam.shape
     blended = blend_cam(frame_rgb, cam)
-    size = _font_size(cols)
-    canvas = Image.new("RGB", (cols, rows + 1 + panel_height(cols, len(lines))), PANEL_BG)
+    lay = _layout(cols, lines)
+    canvas = Image.new("RGB", (cols, rows + 1 + lay.height), PANEL_BG)
     canvas.paste(Image.fromarray(blended, "RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.line([(0, rows), (cols - 1, rows)], fill=GREY, width=1)  # where the frame ends
     if crop is not None:
         _corner_marks(draw, crop, rows, cols)
-    bar_width = max(60, cols // 5)
-    margin = max(6, size // 2)
-    text_width = cols - bar_width - 3 * margin
-    font_size = size
-    # Shrink the font only if the longest line would run into the colour bar.
-    while font_size > 9 and max(_font(font_size).getlength(line.text) for line in lines) > text_width:
-        font_size -= 1
-    font = _font(font_size)
-    y = rows + 1 + margin
-    for line in lines:
-        x = float(margin)
-        for text, colour in line.parts:
+    font = _font(lay.font_size)
+    y = rows + 1 + lay.margin
+    for parts in lay.text:
+        x = float(lay.margin)
+        for text, colour in parts:
             draw.text((x, y), text, fill=colour, font=font)
             x += font.getlength(text)
-        y += int(size * 1.35)
-    _colour_bar(draw, cols - bar_width - margin, rows + 1 + margin, bar_width, size)
+        y += int(lay.size * 1.35)
+    if lay.stacked:
+        _colour_bar(draw, lay.margin, rows + 1 + lay.margin + lay.text_height, lay.bar_width, lay.size)
+    else:
+        _colour_bar(draw, cols - lay.bar_width - lay.margin, rows + 1 + lay.margin, lay.bar_width, lay.size)
     return np.asarray(canvas, dtype=np.uint8).copy()
