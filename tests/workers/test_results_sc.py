@@ -206,3 +206,22 @@ def test_narrow_frames_put_the_colour_bar_below_the_text_and_wrap_long_lines() -
     rows_with_bar = np.flatnonzero(blue.any(axis=1))
     assert rows_with_bar.size and rows_with_bar.min() >= layout.margin + layout.text_height - 2
     assert narrow.shape[0] == 160 + 1 + layout.height and wide.shape[0] == 160 + 1 + overlay._layout(640, lines).height
+
+
+def test_cine_sc_of_a_narrow_phantom_loop_gives_every_frame_the_same_panel(tmp_path: Path) -> None:
+    """Regression (make demo): on a 208-px-wide loop the banner wraps, and frame numbers of one and two
+    digits wrapped differently, so the rendered frames had different heights."""
+    from conftest_models import make_tiny_bundle
+
+    from workers.decode import load_clip
+    from workers.inference import predict
+    from workers.research.phantom import generate
+
+    (case,) = generate(tmp_path / "ph", 1, seed=3, frames=24, size=(160, 208))
+    prediction = predict(make_tiny_bundle(tmp_path / "bundle"), case.path, device="cpu")
+    assert min(prediction.cam_frames) < 9 < max(prediction.cam_frames)  # frame numbers of 1 and 2 digits
+    source = pydicom.dcmread(case.path, stop_before_pixels=True)
+    frames = load_clip(case.path).frames(list(prediction.cam_frames))
+    sc = build_cine_sc(prediction, source, frames, threshold=0.5)
+    assert (sc.NumberOfFrames, sc.Columns) == (len(prediction.cam_frames), 208) and sc.Rows > 160
+    assert dciodvfy_errors(save(sc, tmp_path / "sc.dcm")) == []

@@ -175,13 +175,20 @@ def _layout(cols: int, lines: Sequence[BannerLine]) -> _Layout:
     return _Layout(size, font_size, margin, bar_width, stacked, text, text_height, body + size // 2)
 
 
+def panel_height(cols: int, lines: Sequence[BannerLine]) -> int:
+    """Rows of the panel that :func:`render_frame` appends for ``lines`` on a frame ``cols`` wide."""
+    return _layout(cols, lines).height
+
+
 def render_frame(
     frame_rgb: np.ndarray,
     cam: np.ndarray,
     crop: Box | None,
     lines: Sequence[BannerLine],
+    panel_rows: int = 0,
 ) -> np.ndarray:
-    """Blend ``cam`` onto ``frame_rgb`` and append the information panel; uint8 (rows + panel, cols, 3).
+    """Blend ``cam`` onto ``frame_rgb`` and append the information panel; uint8 (rows + 1 + panel, cols, 3),
+    the panel at least ``panel_rows`` high (a cine's frames share the tallest panel).
 
     The text sits beside the colour bar; on frames too narrow for that (even at a 9-px font) the colour
     bar goes below the text, so nothing overlaps, and a line still too long at a 9-px font wraps at spaces.
@@ -189,7 +196,7 @@ def render_frame(
     rows, cols = cam.shape
     blended = blend_cam(frame_rgb, cam)
     lay = _layout(cols, lines)
-    canvas = Image.new("RGB", (cols, rows + 1 + lay.height), PANEL_BG)
+    canvas = Image.new("RGB", (cols, rows + 1 + max(lay.height, panel_rows)), PANEL_BG)
     canvas.paste(Image.fromarray(blended, "RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.line([(0, rows), (cols - 1, rows)], fill=GREY, width=1)  # where the frame ends

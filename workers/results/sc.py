@@ -264,15 +264,13 @@ def build_cine_sc(
             f"for {len(prediction.cam_frames)} cam_frames"
         )
     n_frames = _n_frames(source)
+    lines = [banner_lines(prediction, threshold, frame, n_frames) for frame in prediction.cam_frames]
+    # The text differs per frame (its frame number), and on narrow frames it may wrap differently.
+    panel = max(overlay.panel_height(frames_rgb.shape[2], frame_lines) for frame_lines in lines)
     rendered = np.stack(
         [
-            overlay.render_frame(
-                frames_rgb[i],
-                prediction.cam[i],
-                prediction.crop,
-                banner_lines(prediction, threshold, frame, n_frames),
-            )
-            for i, frame in enumerate(prediction.cam_frames)
+            overlay.render_frame(frames_rgb[i], prediction.cam[i], prediction.crop, lines[i], panel_rows=panel)
+            for i in range(len(lines))
         ]
     )
     ds = _base_dataset(
