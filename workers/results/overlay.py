@@ -153,22 +153,25 @@ def _layout(cols: int, lines: Sequence[BannerLine]) -> _Layout:
     size = _font_size(cols)
     margin = max(6, size // 2)
 
+    def longest(font_size: int) -> float:
+        return max((_font(font_size).getlength(line.text) for line in lines), default=0.0)
+
     def font_for(width: int) -> int:
         font_size = size
-        while font_size > 9 and max((_font(font_size).getlength(line.text) for line in lines), default=0) > width:
+        while font_size > 9 and longest(font_size) > width:
             font_size -= 1
         return font_size
 
     bar_width = max(60, cols // 5)
     text_width = cols - bar_width - 3 * margin
     font_size = font_for(text_width)
-    stacked = max((_font(font_size).getlength(line.text) for line in lines), default=0) > text_width
+    stacked = longest(font_size) > text_width
     if stacked:  # the text would run under the colour bar: give it the full width, the bar goes below
         text_width = cols - 2 * margin
         font_size = font_for(text_width)
         bar_width = min(text_width, max(60, cols // 3))
     font = _font(font_size)
-    text = tuple(part for line in lines for part in _wrap(line, font, text_width))
+    text = tuple(wrapped for line in lines for wrapped in _wrap(line, font, text_width))
     text_height = int(len(text) * size * 1.35) + size // 2
     bar_height = int(size * 1.2) + max(8, int(size * 0.9)) + 3 + size
     body = text_height + bar_height if stacked else max(text_height, bar_height)
