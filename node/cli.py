@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from node import __version__
 from node.errors import ConfigError, NodeError
+from node.ledger.states import STATES
 
 # Research/compute commands: name -> module whose main(argv) runs it (imported only when used).
 WORKER_COMMANDS = {
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     st = with_config(sub.add_parser("status", help="job counts by state and the last jobs"))
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("-n", "--last", type=int, default=10, help="how many recent jobs to list")
+    st.add_argument("--failed", action="store_true", help="list failed jobs with their stage and reason")
+    st.add_argument("--state", choices=STATES, help="list only jobs in this state")
 
     ec = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     ec.add_argument("to", metavar="AE@HOST:PORT")
@@ -108,16 +111,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     settings = load_config(args.config)
     ledger = Ledger(settings.ledger_url)
+    state = "failed" if args.failed else args.state
     counts = ledger.counts()
-    jobs = as_jsonable(ledger.last_jobs(args.last))
+    jobs = as_jsonable(ledger.last_jobs(args.last if not args.failed else 10**6, state=state))
     assocs = ledger.association_summary()
+    workers = as_jsonable(ledger.live_workers(settings.queue.heartbeat_timeout))
     if args.json:
-        print(json.dumps({"counts": counts, "associations": assocs, "last_jobs": jobs}, indent=2))
+        print(json.dumps({"counts": counts, "associations": assocs, "workers": workers, "last_jobs": jobs}, indent=2))
         return 0
     print("jobs by state: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print("associations: " + (", ".join(f"{k} {v}" for k, v in sorted(assocs.items())) or "none"))
+    print("live workers: " + (", ".join(f"{w['id']} ({w['queues']})" for w in workers) or "none"))
     if jobs:
-        print(f"last {len(jobs)} job(s):")
+        print(f"{'failed' if args.failed else 'last'} {len(jobs)} job(s)" + (f" in state {state}" if state and not args.failed else "") + ":")
         print(f"  {'SOP Instance UID':<64} {'state':<10} {'frames':>6}  reason")
         for j in jobs:
             reason = j["reason"] or ""
@@ -126,6 +132,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             if j["probability"]:
                 reason = f"p={j['probability']} {reason}".strip()
             print(f"  {j['sop_instance_uid']:<64} {j['state']:<10} {j['frames'] or '':>6}  {reason}")
+    elif args.failed:
+        print("no failed jobs")
     return 0
 
 
@@ -161,8 +169,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.ledger import Ledger
-    from node.outbox import dispatch_results, result_files
-    from node.queue import Enqueuer
+    from node.outbox import dispatch_once, result_files
+    from node.queue import TASK_CLASSIFY, TASK_DISPATCH, Broker
 
     if bool(args.uid) == bool(args.failed):
         raise NodeError("retry needs a UID or --failed (not both)")
@@ -176,19 +184,34 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             raise NodeError(f"no job with SOP Instance UID {args.uid!r} in the ledger")
         rows = [row]
     bad = 0
-    enqueuer: Enqueuer | None = None
+    broker = Broker(settings)
     for row in rows:
-        uid = row["sop_instance_uid"]
-        if row["state"] in ("rendered", "dispatched") or row["stage"] == "dispatch":
-            ok = dispatch_results(settings, ledger, uid, result_files(settings, uid))
-            print(f"{uid}: {'dispatched' if ok else 'failed again: ' + str(ledger.find(uid)['reason'])}")  # type: ignore[index]
-            bad += not ok
-        else:
-            enqueuer = enqueuer or Enqueuer(settings, ledger)
-            enqueuer.classify(uid)
+        uid, state = row["sop_instance_uid"], row["state"]
+        if state in ("rendered", "dispatched") or (state == "failed" and row["stage"] == "dispatch"):
+            # Re-send with the current configuration, in this process: a fixed destination is used at once.
+            if state != "rendered" and not ledger.transition(uid, "rendered", expected=[state], reason="retry by the operator"):
+                print(f"{uid}: changed meanwhile (now {ledger.find(uid)['state']}); not retried")  # type: ignore[index]
+                continue
+            outcome = dispatch_once(settings, ledger, uid, result_files(settings, uid))
+            if outcome.done:
+                ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
+                print(f"{uid}: dispatched")
+            elif outcome.transient and not (outcome.permanent or outcome.missing):
+                broker.send(TASK_DISPATCH, uid)
+                print(f"{uid}: not delivered yet ({outcome.reason()}); the workers keep retrying")
+            else:
+                ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
+                print(f"{uid}: failed again: {outcome.reason()}")
+                bad += 1
+        elif state == "failed":
+            ledger.transition(uid, "queued", expected=["failed"], reason="retry by the operator")
+            broker.send(TASK_CLASSIFY, uid)
             print(f"{uid}: re-queued for classification")
+        else:
+            print(f"{uid}: {state}, nothing to retry")
     if not rows:
         print("nothing to retry")
+    broker.close()
     return 1 if bad else 0
 
 

@@ -10,7 +10,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +30,10 @@ from node.errors import ConfigError
 
 ENV_CONFIG = "ALNNODE_CONFIG"
 DESTINATION_KINDS = ("dimse", "dicomweb", "orthanc", "folder")
+# Celery soft and hard time limits of each stage (seconds): a stuck decode or a hung destination never
+# holds a worker for good. The broker's visibility timeout must exceed the longest (see QueueSection).
+TIME_LIMITS = {"classify": (600, 660), "render": (300, 330), "dispatch": (300, 330)}
+LONGEST_TASK = max(hard for _soft, hard in TIME_LIMITS.values())
 
 
 def check_ae_title(value: str) -> str:
@@ -109,9 +121,13 @@ class Destination(_Section):
     path: Path | None = None
     calling_ae_title: str | None = None
     timeout: float = Field(30.0, gt=0)
+    # The pipeline retries transient faults (destination down, busy) for `retry_for` seconds with
+    # exponential backoff and jitter between `backoff_seconds` and `backoff_max_seconds`, without
+    # holding a worker; permanent faults fail at once. `max_attempts` bounds `deliver()` (library use).
+    retry_for: float = Field(86400.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     backoff_seconds: float = Field(2.0, ge=0)
-    backoff_max_seconds: float = Field(300.0, ge=0)
+    backoff_max_seconds: float = Field(60.0, ge=0)
 
     @field_validator("kind")
     @classmethod
@@ -140,9 +156,30 @@ class Destination(_Section):
 
 
 class QueueSection(_Section):
-    broker_url: str | None = None  # None: embedded durable local transport under data_dir
-    visibility_timeout: float = Field(900.0, gt=0)
+    broker_url: SecretStr | None = None  # None: embedded durable local transport under data_dir
+    # Redis re-delivers an unacknowledged message after this long: it must exceed the longest task,
+    # or a running task would be handed to a second worker. Dead workers are found by heartbeats.
+    visibility_timeout: float = Field(3600.0, gt=0)
     embedded_workers: int = Field(1, ge=0)
+    # A job whose worker has not beaten for this long is handed to another worker.
+    heartbeat_timeout: float = Field(30.0, ge=5)
+    # Attempts of one stage (a crash, an exception, a killed worker) before the job is `failed`.
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _longer_than_tasks(cls, v: float) -> float:
+        if v <= LONGEST_TASK:
+            raise ValueError(f"must exceed the longest task time limit ({LONGEST_TASK} s)")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://")):
+            scheme = v.get_secret_value().split(":", 1)[0]
+            raise ValueError(f"broker scheme {scheme!r} is not supported (use redis:// or rediss://)")
+        return v
 
 
 class ModelSection(_Section):
@@ -182,6 +219,11 @@ class Settings(BaseSettings):
             if dest.name in names:
                 raise ValueError(f"destinations[{i}].name = {dest.name!r}: duplicate destination name")
             names.add(dest.name)
+            if dest.backoff_max_seconds >= self.queue.visibility_timeout:
+                raise ValueError(
+                    f"destinations[{i}].backoff_max_seconds = {dest.backoff_max_seconds}: "
+                    f"must be below queue.visibility_timeout ({self.queue.visibility_timeout})"
+                )
         return self
 
     @property

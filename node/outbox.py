@@ -1,16 +1,19 @@
-"""The outbox: send one job's result objects to every configured destination and record the outcome.
+"""The outbox: one attempt to send a job's result objects to every configured destination.
 
-Used by the ``io`` worker (dispatch task) and by ``alnnode retry`` (which runs it in the CLI process
-with the current configuration, so a fixed destination is used at once).
+Used by the ``io`` worker's dispatch stage (which retries transient faults through the queue, with
+backoff, for the destination's ``retry_for``) and by ``alnnode retry`` (which runs it in the CLI
+process with the current configuration, so a fixed destination is used at once). Objects already
+delivered to a destination are not sent to it again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.config import Settings
+from node.config import Destination, Settings
 from node.ledger import Ledger
 from node.spool import uid_key
 
@@ -31,25 +34,64 @@ def result_files(settings: Settings, sop_instance_uid: str) -> list[Path]:
     return [folder / name for name in RESULT_FILES]
 
 
-def dispatch_results(settings: Settings, ledger: Ledger, uid: str, files: Sequence[Path]) -> bool:
-    """Deliver ``files`` to all destinations; the job becomes ``dispatched`` or ``failed``."""
-    from node.dispatch import deliver
+@dataclass
+class Outcome:
+    """What one dispatch attempt achieved: per destination, delivered or why not."""
 
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        ledger.set_state(uid, "failed", stage="dispatch", reason=f"result file(s) missing: {', '.join(missing)}")
-        return False
-    if not settings.destinations:
-        ledger.set_state(uid, "dispatched", reason=f"no destinations configured; results in {files[0].parent}")
-        return True
-    failed: list[str] = []
+    delivered: list[str] = field(default_factory=list)
+    transient: dict[str, str] = field(default_factory=dict)  # destination -> reason (retry later)
+    permanent: dict[str, str] = field(default_factory=dict)  # destination -> reason (a person must act)
+    missing: list[str] = field(default_factory=list)  # result files that are not on disk
+
+    @property
+    def done(self) -> bool:
+        return not (self.transient or self.permanent or self.missing)
+
+    def reason(self) -> str:
+        if self.missing:
+            return f"result file(s) missing: {', '.join(self.missing)}"
+        return "; ".join(f"{d}: {r}" for d, r in {**self.permanent, **self.transient}.items())
+
+
+def dispatch_once(settings: Settings, ledger: Ledger, uid: str, files: Sequence[Path], *, final: bool = False) -> Outcome:
+    """Try every destination once for the objects it does not have yet; nothing waits or sleeps here."""
+    from node.dispatch import attempt, prepare
+
+    outcome = Outcome(missing=[f.name for f in files if not f.exists()])
+    if outcome.missing:
+        return outcome
+    items = prepare(list(files))
     for dest in settings.destinations:
-        if not deliver(dest, list(files), ledger=ledger, sop_instance_uid=uid, calling_ae=settings.node.ae_title):
-            errors = {d["last_error"] for d in ledger.deliveries_of(uid) if d["destination"] == dest.name and d["state"] != "sent"}
-            failed.append(f"{dest.name}: {'; '.join(sorted(e for e in errors if e)) or 'unknown error'}")
-    if failed:
-        ledger.set_state(uid, "failed", stage="dispatch", reason="; ".join(failed))
-        logger.error("dispatch %s failed: %s", uid, "; ".join(failed))
-        return False
-    ledger.set_state(uid, "dispatched", reason=", ".join(d.name for d in settings.destinations))
-    return True
+        sent = {d["result_uid"] for d in ledger.deliveries_of(uid) if d["destination"] == dest.name[:64] and d["state"] == "sent"}
+        todo = [i for i in items if i.sop_instance_uid not in sent]
+        if not todo:
+            outcome.delivered.append(dest.name)
+            continue
+        failures = attempt(dest, todo, ledger=ledger, sop_instance_uid=uid, calling_ae=settings.node.ae_title, final=final)
+        if not failures:
+            outcome.delivered.append(dest.name)
+            continue
+        text = "; ".join(sorted({f.reason for f in failures}))
+        if all(f.transient for f in failures):
+            outcome.transient[dest.name] = text
+        else:
+            outcome.permanent[dest.name] = text
+    return outcome
+
+
+def retry_budget(settings: Settings, names: Sequence[str]) -> float:
+    """Seconds the failing destinations allow for retries (the shortest ``retry_for`` among them)."""
+    dests: list[Destination] = [d for d in settings.destinations if d.name in names]
+    return min((d.retry_for for d in dests), default=0.0)
+
+
+def next_delay(settings: Settings, names: Sequence[str], tries: int) -> float:
+    """Backoff before try ``tries + 1``: Celery's exponential interval with full jitter, capped,
+    never shorter than the destination's first step (jitter spreads a burst of retries)."""
+    from celery.utils.time import get_exponential_backoff_interval
+
+    dests = [d for d in settings.destinations if d.name in names] or list(settings.destinations)
+    base = min(d.backoff_seconds for d in dests) if dests else 2.0
+    cap = max(d.backoff_max_seconds for d in dests) if dests else 60.0
+    delay = get_exponential_backoff_interval(factor=max(base, 0.5), retries=max(tries - 1, 0), maximum=cap, full_jitter=True)
+    return float(min(cap, max(base, delay)))

@@ -1,10 +1,10 @@
-"""Run the node: open spool and ledger, recover, route and enqueue, listen until SIGTERM/SIGINT.
+"""Run the node: open spool and ledger, recover, listen, and run the job plane until SIGTERM/SIGINT.
 
-Embedded default (no ``[queue] broker_url``): the queue is kombu's filesystem transport under the
-data dir and ``alnnode serve`` starts its own worker process(es). With Redis it only enqueues.
-Either way a reaper re-enqueues jobs whose state has not moved for ``visibility_timeout`` seconds:
-kombu's local transports keep unacknowledged messages only in memory, so a killed worker would
-otherwise lose them (tasks are idempotent, so a spare message costs nothing).
+Threads of ``alnnode serve``: the DICOM listener (its handlers only record), the publisher (routes and
+sends recorded jobs), the reaper (recovery by worker liveness) and, in the embedded default, the
+supervisor of the node's own worker processes (restarted when they die, killed with the node).
+SIGTERM/SIGINT drain: stop accepting, let running associations finish (up to ``DRAIN_SECONDS``),
+stop the workers after their current task. SIGHUP is logged and ignored (no live reload yet).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +23,22 @@ from typing import Any
 
 from node.config import Settings
 from node.ledger import Ledger
-from node.queue import Enqueuer
+from node.queue import Broker
+from node.reaper import Publisher, Reaper, resend_claims_of
 from node.receive.recover import recover
 from node.receive.scp import Receiver
-from node.route import BundleSummary, check_bundle, skip_reason
+from node.route import BundleSummary, check_bundle
 from node.spool import Spool
+from node.supervise import Supervisor
 
 logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 30.0
 
 
 @dataclass
 class Node:
-    """The edge service: receiver, spool, ledger, enqueuer, reaper and embedded workers."""
+    """The edge service: receiver, spool, ledger, publisher, reaper and embedded workers."""
 
     settings: Settings
     spool: Spool
@@ -41,12 +46,13 @@ class Node:
     receiver: Receiver
     bundle: BundleSummary | None = None
     config_path: Path | None = None
-    enqueuer: Enqueuer | None = None
+    broker: Broker | None = None
     server: Any = None
     pending: list[str] = field(default_factory=list)
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _reaper: threading.Thread | None = None
+    publisher: Publisher | None = None
+    reaper: Reaper | None = None
+    supervisor: Supervisor | None = None
+    extra_worker_args: list[str] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: Settings, config_path: str | os.PathLike[str] | None = None) -> Node:
@@ -56,82 +62,45 @@ class Node:
         ledger = Ledger(settings.ledger_url)
         receiver = Receiver(settings, spool, ledger)
         node = cls(settings, spool, ledger, receiver, bundle, Path(config_path) if config_path else None)
-        node.enqueuer = Enqueuer(settings, ledger)
-        receiver.on_stored = node.route
+        node.broker = Broker(settings)
+        node.publisher = Publisher(settings, ledger, node.broker)
+        node.reaper = Reaper(settings, ledger, node.broker)
+        receiver.on_stored = lambda _uid: node.publisher.wake.set() if node.publisher else None
         return node
 
-    # -- routing ------------------------------------------------------------------------------
-    def route(self, uid: str) -> None:
-        """Classify or skip a newly recorded instance. Never raises: the job is safe in the ledger
-        as ``received`` and the reaper enqueues it later if the broker is unreachable now."""
-        try:
-            row = self.ledger.find(uid)
-            if row is None:
-                return
-            reason = skip_reason(self.settings, row["sop_class_uid"], row["frames"])
-            if reason:
-                self.ledger.set_state(uid, "skipped", reason=reason)
-                logger.info("%s skipped: %s", uid, reason)
-            elif self.enqueuer is not None:
-                self.enqueuer.classify(uid)
-        except Exception as exc:  # broker down: keep serving, the reaper retries
-            logger.error("cannot enqueue %s yet (%s); the reaper will retry", uid, exc)
-
-    def resume(self, row: dict[str, Any]) -> None:
-        if row["state"] == "received":
-            self.route(row["sop_instance_uid"])
-        elif self.enqueuer is not None:
-            try:
-                self.enqueuer.resume(row["sop_instance_uid"], row["state"])
-            except Exception as exc:
-                logger.error("cannot re-enqueue %s (%s); will retry", row["sop_instance_uid"], exc)
-
-    def _reap(self) -> None:
-        timeout = self.settings.queue.visibility_timeout
-        while not self._stop.wait(min(timeout / 4, 30.0)):
-            for row in self.ledger.stale(timeout):
-                logger.warning("job %s stuck in %s for over %.0f s: re-enqueued", row["sop_instance_uid"], row["state"], timeout)
-                self.resume(row)
-
     # -- workers ------------------------------------------------------------------------------
+    def _worker_died(self, worker_id: str, _code: int) -> None:
+        if self.broker is not None:
+            resend_claims_of(self.ledger, self.broker, worker_id)
+
     def _start_workers(self) -> None:
         q = self.settings.queue
         if q.broker_url or q.embedded_workers == 0 or self.bundle is None:
             return
         logs = self.settings.storage.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "node.cli", "worker", "--queues", "gpu,io", "--concurrency", "1"]
-        if self.config_path:
-            cmd += ["--config", str(self.config_path)]
+        self.supervisor = Supervisor(on_exit=self._worker_died)
+        host = socket.gethostname()
         for i in range(q.embedded_workers):
-            with open(logs / f"worker{i}.log", "ab") as log:
-                proc = subprocess.Popen([*cmd, "--name", f"alnnode-embedded{i}@%h"], stdout=log, stderr=log)
-            self.workers.append(proc)
-            logger.info("embedded worker %d started (pid %d, log %s)", i, proc.pid, logs / f"worker{i}.log")
-
-    def _stop_workers(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.workers:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        self.workers.clear()
+            name = f"alnnode-embedded{i}@{host}-{os.getpid()}"
+            cmd = [sys.executable, "-m", "node.cli", "worker", "--child", "--queues", "gpu,io", "--concurrency", "1", "--name", name]
+            if self.config_path:
+                cmd += ["--config", str(self.config_path)]
+            self.supervisor.add(name, cmd + self.extra_worker_args, log=logs / f"worker{i}.log")
+        self.supervisor.start()
+        logger.info("%d embedded worker(s) under supervision (logs in %s)", q.embedded_workers, logs)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
-        """Recover, re-enqueue unfinished jobs, start workers and listen; returns (host, port)."""
+        """Recover, start the job plane and workers, and listen; returns (host, port)."""
         self.pending = recover(self.spool, self.ledger)
-        for uid in self.pending:
-            row = self.ledger.find(uid)
-            if row is not None:
-                self.resume(row)
+        if not self.settings.queue.broker_url and self.broker is not None:
+            # Embedded: every claim in the ledger was our previous workers', which died with us.
+            resend_claims_of(self.ledger, self.broker, None, reason="the node restarted during the stage")
         self._start_workers()
-        self._reaper = threading.Thread(target=self._reap, name="alnnode-reaper", daemon=True)
-        self._reaper.start()
+        assert self.publisher is not None and self.reaper is not None
+        self.publisher.start()
+        self.reaper.start()
         self.server = self.receiver.start(block=False)
         host, port = self.server.server_address[:2]
         if self.bundle is not None:
@@ -140,27 +109,45 @@ class Node:
         logger.info("%s listening on %s:%d", self.settings.node.ae_title, host, port)
         return str(host), int(port)
 
+    def drain(self, grace: float = DRAIN_SECONDS) -> None:
+        """Stop accepting associations and wait up to ``grace`` seconds for the running ones."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        server.shutdown()  # no new associations; the listening socket is closed
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for assoc in server.active_associations:
+            logger.warning("association from %s still running after %.0f s: aborted", assoc.requestor.ae_title, grace)
+            assoc.abort()
+
     def stop(self) -> None:
-        self._stop.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
-        self._stop_workers()
-        if self.enqueuer is not None:
-            self.enqueuer.close()
+        self.drain()
+        for thread in (self.publisher, self.reaper):
+            if thread is not None:
+                thread.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self.broker is not None:
+            self.broker.close()
         self.ledger.close()
 
 
 def serve_forever(node: Node, ready: Callable[[str, int], None] | None = None) -> None:
-    """Start ``node`` and block until SIGTERM or SIGINT, then shut down cleanly."""
+    """Start ``node`` and block until SIGTERM or SIGINT, then drain and shut down."""
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
-        logger.info("signal %d: stopping", signum)
+        logger.info("signal %s: draining and stopping", signal.Signals(signum).name)
         stop.set()
+
+    def _hup(_signum: int, _frame: Any) -> None:
+        logger.warning("SIGHUP: live reload of the configuration is not supported yet; restart the node to apply changes")
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hup)
     host, port = node.start()
     if ready:
         ready(host, port)
@@ -168,3 +155,4 @@ def serve_forever(node: Node, ready: Callable[[str, int], None] | None = None) -
         stop.wait()
     finally:
         node.stop()
+        logger.info("stopped")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import NodeProcess, free_port, write_config
+from tests.helpers import ROOT, NodeProcess, free_port, write_config
 
-pytest_plugins = ["tests.orthanc", "tests.postgres"]
+pytest_plugins = ["tests.orthanc", "tests.postgres", "tests.redis"]
 
 
 @pytest.fixture
@@ -27,3 +29,15 @@ def node_proc(node_env: tuple[Path, int, Path], tmp_path: Path) -> Iterator[Node
     proc = NodeProcess(cfg, port, tmp_path / "node.log").start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained TIN-R18 bundle at 112 px, T=8: the real pipeline at CPU-test speed (e2e, faults)."""
+    out = tmp_path_factory.mktemp("bundle") / "tin18"
+    subprocess.run(
+        [sys.executable, "-m", "node.cli", "bundle", "create", "--arch", "tin", "--out", str(out),
+         "--option", "depth=18", "--option", "frames=8", "--option", "size=112", "--name", "tin18-test"],
+        check=True, cwd=ROOT, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out

@@ -2,31 +2,45 @@
 
 Configured at worker start from the validated node configuration (``configure``), never from the
 environment at import time. Queues: ``gpu`` (classify) and ``io`` (render, dispatch).
+
+Liveness (shared/DESIGN.md): the worker's main process writes a heartbeat to the ledger's workers
+registry every few seconds and checks its own consumer: when the broker is reachable and one of its
+queues holds messages but nothing has been received for a while although the worker is idle, the
+consumer has stopped (Celery issues #8030, #9054, #10205, seen after a Redis outage) and the process
+exits so that its supervisor starts a fresh one. Pool processes die with their worker.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery import Celery, signals
+from celery.worker import state as worker_state
 
 from node.config import Settings
-from node.queue import celery_config
+from node.queue import Broker, celery_config
+from node.supervise import ENV_WORKER_ID, die_with_parent
 from workers.stages import WorkerContext
+
+logger = logging.getLogger(__name__)
 
 app = Celery("alnnode", include=["workers.tasks"])
 
-# Explicit limits (seconds): a stuck decode or a hung destination never blocks a worker for good.
-TIME_LIMITS = {
-    "classify": (600, 660),
-    "render": (300, 330),
-    "dispatch": (1800, 1860),
-}
+STALL_AFTER = 20.0  # seconds idle with messages waiting before the consumer counts as stopped
+EXIT_STALLED = 75
 
 
-def configure(settings: Settings, device: str | None = None) -> Celery:
+def configure(settings: Settings, device: str | None = None, queues: tuple[str, ...] = ("gpu", "io")) -> Celery:
     """Apply the shared Celery settings and bind the worker context to the app."""
     app.conf.update(celery_config(settings))
     app.conf.worker_max_tasks_per_child = 200
-    app.alnnode = WorkerContext(settings, device=device)  # type: ignore[attr-defined]
+    worker_id = os.environ.get(ENV_WORKER_ID) or f"{socket.gethostname()}-{os.getpid()}"
+    app.alnnode = WorkerContext(settings, device=device, worker_id=worker_id, queues=queues)  # type: ignore[attr-defined]
     return app
 
 
@@ -35,3 +49,90 @@ def context() -> WorkerContext:
     if ctx is None:
         raise RuntimeError("workers.celery_app.configure(settings) was not called in this process")
     return ctx
+
+
+@signals.worker_process_init.connect
+def _pool_process_init(**_kwargs: Any) -> None:
+    die_with_parent()  # a SIGKILLed worker leaves no pool process behind
+
+
+_last_received = time.monotonic()
+
+
+@signals.task_received.connect
+def _received(**_kwargs: Any) -> None:
+    global _last_received
+    _last_received = time.monotonic()
+
+
+class WorkerBeat(threading.Thread):
+    """Registry heartbeat and consumer self-check of one worker process (runs in its main process)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(name="alnnode-worker-beat", daemon=True)
+        self.ctx = ctx
+        self.interval = max(1.0, ctx.settings.queue.heartbeat_timeout / 6)
+        self.stop = threading.Event()
+        self.broker = Broker(ctx.settings)
+
+    def beat(self) -> None:
+        self.ctx.ledger.worker_heartbeat(
+            self.ctx.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.ctx.queues)
+        )
+
+    def stalled(self) -> str | None:
+        """Why the consumer counts as stopped, or None."""
+        idle_for = time.monotonic() - _last_received
+        if idle_for < STALL_AFTER or worker_state.active_requests or worker_state.reserved_requests:
+            return None
+        for queue in self.ctx.queues:
+            depth = self.broker.depth(queue)
+            if depth:
+                return f"{depth} message(s) wait in queue {queue!r} but none was received for {idle_for:.0f} s"
+        return None
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # the ledger may be down for a while: keep beating
+                logger.warning("worker heartbeat failed: %s: %s", type(exc).__name__, exc)
+            try:
+                why = self.stalled()
+            except Exception:  # broker unreachable: Celery's own reconnection is at work
+                continue
+            if why:
+                logger.error("consumer stopped (%s): exiting so that the supervisor starts a fresh worker", why)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
+
+
+_beat: WorkerBeat | None = None
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_kwargs: Any) -> None:
+    global _beat, _last_received
+    ctx = getattr(app, "alnnode", None)
+    if ctx is None:
+        return
+    _last_received = time.monotonic()
+    _beat = WorkerBeat(ctx)
+    try:
+        _beat.beat()
+    except Exception as exc:
+        logger.warning("worker heartbeat failed: %s: %s", type(exc).__name__, exc)
+    _beat.start()
+    logger.info("worker %s ready (queues %s)", ctx.worker_id, ",".join(ctx.queues))
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown(**_kwargs: Any) -> None:
+    ctx = getattr(app, "alnnode", None)
+    if _beat is not None:
+        _beat.stop.set()
+    if ctx is not None:
+        try:
+            ctx.ledger.remove_worker(ctx.worker_id)
+        except Exception as exc:
+            logger.warning("cannot remove worker %s from the registry: %s", ctx.worker_id, exc)

@@ -1,34 +1,43 @@
-"""Thin Celery tasks: take a SOP Instance UID, run one idempotent stage, enqueue the next."""
+"""Thin Celery tasks: take a SOP Instance UID, run one idempotent stage, send the next or retry."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from node.config import TIME_LIMITS
 from node.queue import QUEUE_OF, TASK_CLASSIFY, TASK_DISPATCH, TASK_RENDER
 from workers import stages
-from workers.celery_app import TIME_LIMITS, app, context
+from workers.celery_app import app, context
 
 logger = logging.getLogger(__name__)
 
 
-def _next(task: str, uid: str) -> None:
-    app.send_task(task, args=[uid], queue=QUEUE_OF[task])
+def _run(task: Any, stage: str, uid: str) -> None:
+    outcome = stages.run(context(), stage, uid)
+    if outcome.next_task is not None:
+        # If the broker is down now, the job waits unclaimed and the node's reaper sends it again.
+        app.send_task(outcome.next_task, args=[uid], queue=QUEUE_OF[outcome.next_task], retry=False)
+    if outcome.retry_in is not None:
+        # Celery's own retry: a new message with a countdown; no worker is held while it waits.
+        raise task.retry(countdown=outcome.retry_in, max_retries=None)
 
 
-@app.task(name=TASK_CLASSIFY, acks_late=True, soft_time_limit=TIME_LIMITS["classify"][0], time_limit=TIME_LIMITS["classify"][1])
-def classify(sop_instance_uid: str) -> None:
-    if stages.classify(context(), sop_instance_uid):
-        _next(TASK_RENDER, sop_instance_uid)
+def _limits(stage: str) -> dict[str, Any]:
+    soft, hard = TIME_LIMITS[stage]
+    return {"bind": True, "acks_late": True, "soft_time_limit": soft, "time_limit": hard}
 
 
-@app.task(name=TASK_RENDER, acks_late=True, soft_time_limit=TIME_LIMITS["render"][0], time_limit=TIME_LIMITS["render"][1])
-def render(sop_instance_uid: str) -> None:
-    if stages.render(context(), sop_instance_uid):
-        _next(TASK_DISPATCH, sop_instance_uid)
-    elif (row := context().ledger.find(sop_instance_uid)) is not None and row["state"] == "queued":
-        _next(TASK_CLASSIFY, sop_instance_uid)
+@app.task(name=TASK_CLASSIFY, **_limits("classify"))
+def classify(self: Any, sop_instance_uid: str) -> None:
+    _run(self, "classify", sop_instance_uid)
 
 
-@app.task(name=TASK_DISPATCH, acks_late=True, soft_time_limit=TIME_LIMITS["dispatch"][0], time_limit=TIME_LIMITS["dispatch"][1])
-def dispatch(sop_instance_uid: str) -> None:
-    stages.dispatch(context(), sop_instance_uid)
+@app.task(name=TASK_RENDER, **_limits("render"))
+def render(self: Any, sop_instance_uid: str) -> None:
+    _run(self, "render", sop_instance_uid)
+
+
+@app.task(name=TASK_DISPATCH, **_limits("dispatch"))
+def dispatch(self: Any, sop_instance_uid: str) -> None:
+    _run(self, "dispatch", sop_instance_uid)

@@ -5,7 +5,7 @@ retries transient faults with exponential backoff and records every attempt in t
 Results carry their own deterministic SOP Instance UIDs, so a resend replaces rather than duplicates.
 """
 
-from node.dispatch.deliver import DEFAULT_CALLING_AE, backoff_delay, deliver, send_to
+from node.dispatch.deliver import DEFAULT_CALLING_AE, attempt, backoff_delay, deliver, send_to
 from node.dispatch.errors import (
     DeliveryError,
     Failure,
@@ -20,6 +20,7 @@ __all__ = [
     "DeliveryError",
     "Failure",
     "Outgoing",
+    "attempt",
     "backoff_delay",
     "deliver",
     "http_is_transient",

@@ -61,6 +61,38 @@ def _failures_of(exc: DeliveryError, items: Sequence[Outgoing]) -> dict[str, Fai
     return {uid: Failure(uid, exc.transient, str(exc)) for uid in uids}
 
 
+def attempt(
+    dest: Destination,
+    items: Sequence[Outgoing],
+    *,
+    ledger: Ledger,
+    sop_instance_uid: str,
+    calling_ae: str = DEFAULT_CALLING_AE,
+    final: bool = False,
+) -> list[Failure]:
+    """One attempt to deliver ``items`` to ``dest``, recorded per object in the ledger's deliveries.
+
+    Sent objects become ``sent``; a permanent fault (or any fault when ``final``) ``failed``; a
+    transient one ``pending`` with its reason. Returns the failures (empty: all delivered).
+    """
+    try:
+        _send(dest, items, calling_ae)
+        failures: dict[str, Failure] = {}
+    except DeliveryError as exc:
+        failures = _failures_of(exc, items)
+    for item in items:
+        uid = item.sop_instance_uid
+        failure = failures.get(uid)
+        if failure is None:
+            ledger.record_attempt(sop_instance_uid, dest.name, uid, "sent")
+        elif not failure.transient or final:
+            logger.error("delivery of %s to %s failed: %s", uid, dest.name, failure.reason)
+            ledger.record_attempt(sop_instance_uid, dest.name, uid, "failed", failure.reason)
+        else:
+            ledger.record_attempt(sop_instance_uid, dest.name, uid, "pending", failure.reason)
+    return list(failures.values())
+
+
 def deliver(
     dest: Destination,
     datasets: Sequence[Item],
@@ -70,57 +102,36 @@ def deliver(
     sleep: Callable[[float], None] = time.sleep,
     calling_ae: str = DEFAULT_CALLING_AE,
 ) -> bool:
-    """Deliver the results of source instance ``sop_instance_uid`` to ``dest``, retrying transient faults.
+    """Deliver the results of source instance ``sop_instance_uid`` to ``dest``, retrying transient faults
+    in this process (library use; the pipeline retries through the queue instead, ``node.outbox``).
 
     Up to ``dest.max_attempts`` attempts, ``backoff_delay`` apart; a permanent fault ends the
-    delivery of that object at once. Each attempt updates one ledger ``deliveries`` row per result
-    object (state pending|sent|failed, attempts, last_error) before any wait, and later attempts
-    resend only the objects not yet delivered. Returns True when every object was delivered.
-    Raises a permanent ``DeliveryError`` if an object cannot be read or encoded at all.
+    delivery of that object at once; later attempts resend only the objects not yet delivered.
+    Returns True when every object was delivered.
     """
     items = prepare(datasets)
     for item in items:
         ledger.record_attempt(sop_instance_uid, dest.name, item.sop_instance_uid, "pending", count=False)
     remaining = list(items)
-    delivered = 0
-    attempt = 0
+    n = 0
     while remaining:
-        attempt += 1
-        try:
-            _send(dest, remaining, calling_ae)
-            failures: dict[str, Failure] = {}
-        except DeliveryError as exc:
-            failures = _failures_of(exc, remaining)
-        last = attempt >= dest.max_attempts
-        retry: list[Outgoing] = []
-        for item in remaining:
-            uid = item.sop_instance_uid
-            failure = failures.get(uid)
-            if failure is None:
-                ledger.record_attempt(sop_instance_uid, dest.name, uid, "sent")
-                delivered += 1
-            elif not failure.transient:
-                logger.error("delivery of %s to %s failed permanently: %s", uid, dest.name, failure.reason)
-                ledger.record_attempt(sop_instance_uid, dest.name, uid, "failed", failure.reason)
-            elif last:
-                reason = f"gave up after {attempt} attempt(s): {failure.reason}"
-                logger.error("delivery of %s to %s %s", uid, dest.name, reason)
-                ledger.record_attempt(sop_instance_uid, dest.name, uid, "failed", reason)
-            else:
-                ledger.record_attempt(sop_instance_uid, dest.name, uid, "pending", failure.reason)
-                retry.append(item)
-        remaining = retry
+        n += 1
+        last = n >= dest.max_attempts
+        failures = attempt(dest, remaining, ledger=ledger, sop_instance_uid=sop_instance_uid, calling_ae=calling_ae, final=last)
+        by_uid = {f.sop_instance_uid: f for f in failures}
+        remaining = [i for i in remaining if i.sop_instance_uid in by_uid and by_uid[i.sop_instance_uid].transient and not last]
+        if last:
+            for f in failures:
+                if f.transient:
+                    reason = f"gave up after {n} attempt(s): {f.reason}"
+                    logger.error("delivery of %s to %s %s", f.sop_instance_uid, dest.name, reason)
+                    ledger.record_attempt(sop_instance_uid, dest.name, f.sop_instance_uid, "failed", reason, count=False)
         if remaining:
-            delay = backoff_delay(dest, attempt)
+            delay = backoff_delay(dest, n)
             logger.warning(
                 "attempt %d/%d to deliver %d object(s) of %s to %s failed (%s); retrying in %.1f s",
-                attempt,
-                dest.max_attempts,
-                len(remaining),
-                sop_instance_uid,
-                dest.name,
-                failures[remaining[0].sop_instance_uid].reason,
-                delay,
-            )
+                n, dest.max_attempts, len(remaining), sop_instance_uid, dest.name,
+                by_uid[remaining[0].sop_instance_uid].reason, delay,
+            )  # fmt: skip
             sleep(delay)
-    return delivered == len(items)
+    return all(d["state"] == "sent" for d in ledger.deliveries_of(sop_instance_uid) if d["destination"] == dest.name[:64] and d["result_uid"] in {i.sop_instance_uid for i in items})

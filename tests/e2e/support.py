@@ -12,8 +12,11 @@ from tests.helpers import free_port, require_tool, wait_for
 from tests.orthanc import OrthancServer
 
 
-def destination_toml(kind: str, orthanc: OrthancServer | None, folder: Path | None = None, *, ae: str = "ORTHANC", attempts: int = 8) -> str:
-    base = f'[[destinations]]\nname = "pacs"\nkind = "{kind}"\nmax_attempts = {attempts}\nbackoff_seconds = 0.5\nbackoff_max_seconds = 3\ntimeout = 20\n'
+def destination_toml(kind: str, orthanc: OrthancServer | None, folder: Path | None = None, *, ae: str = "ORTHANC", attempts: int = 8, defaults: bool = False) -> str:
+    """A destination table; ``defaults=True`` keeps the shipped retry settings (tests of guarantees)."""
+    base = f'[[destinations]]\nname = "pacs"\nkind = "{kind}"\n'
+    if not defaults:
+        base += f'max_attempts = {attempts}\nbackoff_seconds = 0.5\nbackoff_max_seconds = 3\ntimeout = 20\n'
     if kind == "dimse":
         assert orthanc is not None
         return base + f'ae_title = "{ae}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
@@ -28,10 +31,11 @@ def destination_toml(kind: str, orthanc: OrthancServer | None, folder: Path | No
     return base + f'path = "{folder}"\n'
 
 
-def pipeline_config(tmp: Path, bundle: Path, destinations: str, *, broker: str | None = None, workers: int = 1, visibility: float = 60) -> tuple[Path, int, Path]:
+def pipeline_config(tmp: Path, bundle: Path, destinations: str, *, broker: str | None = None, workers: int = 1, ledger_url: str | None = None) -> tuple[Path, int, Path]:
+    """A node config with the shipped defaults of the job plane (heartbeats, attempts, timeouts)."""
     port = free_port()
     data = tmp / "var"
-    queue = f'[queue]\nembedded_workers = {workers}\nvisibility_timeout = {visibility}\n'
+    queue = f'[queue]\nembedded_workers = {workers}\n'
     if broker:
         queue += f'broker_url = "{broker}"\n'
     cfg = tmp / "alnnode.toml"
@@ -47,6 +51,7 @@ ae_title = "US_ROOM1"
 [storage]
 data_dir = "{data}"
 min_free_mb = 1
+{f'ledger_url = "{ledger_url}"' if ledger_url else ""}
 [model]
 bundle = "{bundle}"
 threshold = 0.5

@@ -77,7 +77,7 @@ def test_cine_loop_comes_back_as_sr_and_heatmaps(kind: str, orthanc: OrthancServ
 
 
 def test_redis_mode_with_separate_worker_survives_worker_kill(orthanc: OrthancServer, small_bundle: Path, redis_url: str, tmp_path: Path) -> None:
-    cfg, port, data = pipeline_config(tmp_path, small_bundle, destination_toml("dimse", orthanc), broker=redis_url, visibility=8)
+    cfg, port, data = pipeline_config(tmp_path, small_bundle, destination_toml("dimse", orthanc), broker=redis_url)
     node = start_node(tmp_path, cfg, port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     worker_cmd = [sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--queues", "gpu,io", "--concurrency", "1"]
