@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
 from typing import Any
@@ -107,7 +108,8 @@ class Reaper(threading.Thread):
         self.timeout = settings.queue.heartbeat_timeout
         self.period = min(5.0, self.timeout / 6)
         self.stopping = threading.Event()
-        self._idle_queues: set[str] = set()
+        self._unserved_since: dict[str, float] = {}  # queue -> when jobs started waiting with no live reader
+        self._alarmed: set[str] = set()
 
     def reap_stale_claims(self, live_queues: set[str]) -> list[str]:
         """Hand jobs whose claimant stopped beating back to their queue (sent at once when a live
@@ -139,11 +141,13 @@ class Reaper(threading.Thread):
         resent: list[str] = []
         for queue, rows in by_queue.items():
             if queue not in live_queues:
-                if queue not in self._idle_queues:
+                since = self._unserved_since.setdefault(queue, time.monotonic())
+                if time.monotonic() - since > self.timeout and queue not in self._alarmed:
                     logger.error("%d job(s) wait for queue %r but no live worker reads it", len(rows), queue)
-                    self._idle_queues.add(queue)
+                    self._alarmed.add(queue)
                 continue
-            self._idle_queues.discard(queue)
+            self._unserved_since.pop(queue, None)
+            self._alarmed.discard(queue)
             deficit = len(rows) - self.broker.depth(queue)
             lost = [r for r in rows if aware(r["updated_at"]) < stale][: max(deficit, 0)]
             for row in lost:

@@ -85,12 +85,12 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         child.generation += 1
         env = dict(os.environ, **child.env, **{ENV_WORKER_ID: child.worker_id})
-        out = open(child.log, "ab") if child.log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+        out = open(child.log, "ab") if child.log else None  # noqa: SIM115 (closed below); None: inherit ours
         try:
             child.proc = subprocess.Popen(child.command, stdout=out, stderr=out, env=env, preexec_fn=_child_setup)
         finally:
-            if child.log:
-                out.close()  # type: ignore[union-attr]
+            if out is not None:
+                out.close()
         child.started = time.monotonic()
         logger.info("worker %s started (pid %d)", child.worker_id, child.proc.pid)
 
@@ -106,8 +106,10 @@ class Supervisor:
         ran = now - child.started
         dead_id, dead_pid = child.worker_id, child.proc.pid
         child.proc = None
-        child.backoff = BACKOFF_FIRST if ran >= HEALTHY_AFTER else min(child.backoff * 2, BACKOFF_MAX)
-        child.restart_at = now + (0 if ran >= HEALTHY_AFTER else child.backoff)
+        if ran >= HEALTHY_AFTER:
+            child.backoff = BACKOFF_FIRST
+        child.restart_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         logger.error("worker %s (pid %d) died (%s) after %.0f s; restarting in %.0f s", dead_id, dead_pid, how, ran, child.restart_at - now)
         if self.on_exit is not None:

@@ -39,6 +39,7 @@ def configure(settings: Settings, device: str | None = None, queues: tuple[str, 
     """Apply the shared Celery settings and bind the worker context to the app."""
     app.conf.update(celery_config(settings))
     app.conf.worker_max_tasks_per_child = 200
+    app.conf.worker_proc_alive_timeout = 300  # a pool process loads the model before it says it is up
     worker_id = os.environ.get(ENV_WORKER_ID) or f"{socket.gethostname()}-{os.getpid()}"
     app.alnnode = WorkerContext(settings, device=device, worker_id=worker_id, queues=queues)  # type: ignore[attr-defined]
     return app
@@ -54,6 +55,17 @@ def context() -> WorkerContext:
 @signals.worker_process_init.connect
 def _pool_process_init(**_kwargs: Any) -> None:
     die_with_parent()  # a SIGKILLed worker leaves no pool process behind
+    ctx = getattr(app, "alnnode", None)
+    if ctx is None or "gpu" not in ctx.queues or ctx.settings.model.bundle is None:
+        return
+    # Load the model now, not with the first loop: a worker that takes over a dead one's job (or the
+    # first loop of the day) then waits only for inference.
+    try:
+        from workers.inference import get_bundle
+
+        get_bundle(ctx.settings.model.bundle, ctx.device)
+    except Exception as exc:  # the classify stage reports it per job
+        logger.warning("cannot preload model bundle %s: %s: %s", ctx.settings.model.bundle, type(exc).__name__, exc)
 
 
 _last_received = time.monotonic()
@@ -74,6 +86,7 @@ class WorkerBeat(threading.Thread):
         self.interval = max(1.0, ctx.settings.queue.heartbeat_timeout / 6)
         self.stop = threading.Event()
         self.broker = Broker(ctx.settings)
+        self.stall_since: float | None = None
 
     def beat(self) -> None:
         self.ctx.ledger.worker_heartbeat(
@@ -81,15 +94,22 @@ class WorkerBeat(threading.Thread):
         )
 
     def stalled(self) -> str | None:
-        """Why the consumer counts as stopped, or None."""
-        idle_for = time.monotonic() - _last_received
-        if idle_for < STALL_AFTER or worker_state.active_requests or worker_state.reserved_requests:
+        """Why the consumer counts as stopped, or None: idle, with messages waiting in one of its
+        queues, continuously for ``STALL_AFTER`` seconds (a message just published is not a stall)."""
+        t = time.monotonic()
+        if worker_state.active_requests or worker_state.reserved_requests or t - _last_received < STALL_AFTER:
+            self.stall_since = None
             return None
-        for queue in self.ctx.queues:
-            depth = self.broker.depth(queue)
-            if depth:
-                return f"{depth} message(s) wait in queue {queue!r} but none was received for {idle_for:.0f} s"
-        return None
+        waiting = {q: n for q in self.ctx.queues if (n := self.broker.depth(q))}
+        if not waiting:
+            self.stall_since = None
+            return None
+        if self.stall_since is None:
+            self.stall_since = t
+        if t - self.stall_since < STALL_AFTER:
+            return None
+        queue, depth = next(iter(waiting.items()))
+        return f"{depth} message(s) wait in queue {queue!r} and none was received for {t - _last_received:.0f} s"
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):

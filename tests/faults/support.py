@@ -109,9 +109,11 @@ def alnnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 
 def wait_gone(pids: list[int], timeout: float, what: str) -> None:
+    """Wait until none of ``pids`` exists any more, neither running nor as a zombie (we reap, as init does)."""
+
     def gone() -> bool:
         reap()
-        return not live(pids)
+        return all(proc_stat(p) is None for p in pids)
 
     wait_for(gone, timeout, 0.1, what=what)
 
