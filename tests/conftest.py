@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import NodeProcess, free_port, write_config
 
-pytest_plugins = ["tests.orthanc"]
+pytest_plugins = ["tests.orthanc", "tests.postgres"]
 
 
 @pytest.fixture
