@@ -26,18 +26,29 @@ SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 _JPEG = (b"\xff\xd8",)  # SOI marker, ISO/IEC 10918-1 and 14495-1 (JPEG-LS)
 _J2K = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")  # SOC+SIZ, or a JP2 signature box
 _VIDEO = (b"\x00\x00\x01", b"\x00\x00\x00\x01")  # MPEG start code / Annex B start code prefix
-CODESTREAM_MAGIC: dict[str, tuple[bytes, ...]] = {
-    "1.2.840.10008.1.2.4.50": _JPEG,
-    "1.2.840.10008.1.2.4.51": _JPEG,
-    "1.2.840.10008.1.2.4.57": _JPEG,
-    "1.2.840.10008.1.2.4.70": _JPEG,
-    "1.2.840.10008.1.2.4.80": _JPEG,
-    "1.2.840.10008.1.2.4.81": _JPEG,
-    "1.2.840.10008.1.2.4.90": _J2K,
-    "1.2.840.10008.1.2.4.91": _J2K,
-    **{f"1.2.840.10008.1.2.4.{n}": _VIDEO for n in range(100, 109)},
+_DECLARED = {
+    **{f"1.2.840.10008.1.2.4.{n}": "JPEG" for n in (50, 51, 57, 70)},
+    "1.2.840.10008.1.2.4.80": "JPEG-LS",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.100": "MPEG-2",
+    "1.2.840.10008.1.2.4.101": "MPEG-2",
+    **{f"1.2.840.10008.1.2.4.{n}": "H.264" for n in range(102, 107)},
+    "1.2.840.10008.1.2.4.107": "HEVC",
+    "1.2.840.10008.1.2.4.108": "HEVC",
 }
-CODESTREAM_NAME = {_JPEG: "JPEG", _J2K: "JPEG 2000", _VIDEO: "MPEG/H.264/HEVC"}
+_MAGIC = {"JPEG": _JPEG, "JPEG-LS": _JPEG, "JPEG 2000": _J2K, "MPEG-2": _VIDEO, "H.264": _VIDEO, "HEVC": _VIDEO}
+
+
+def codestream_kind(head: bytes) -> str:
+    """What the first bytes of a fragment look like (for error messages)."""
+    for name, magic in (("JPEG", _JPEG), ("JPEG 2000", _J2K), ("MPEG/H.264/HEVC", _VIDEO)):
+        if head.startswith(magic):
+            return name
+    return f"unknown data ({head[:4].hex()})"
+
+
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
@@ -141,16 +152,15 @@ def _frame_starts(bot: list[int], frags: list[tuple[int, int]], frames: int) -> 
 
 def check_codestream(f: BinaryIO, start: int, transfer_syntax: str, bot: list[int], frags: list[tuple[int, int]], frames: int) -> None:
     """The codestream must be the one the transfer syntax declares (checked on each frame's start)."""
-    magic = CODESTREAM_MAGIC.get(transfer_syntax)
+    declared = _DECLARED.get(transfer_syntax)
     for index in _frame_starts(bot, frags, frames):
         off, length = frags[index]
         f.seek(start + off)
         head = f.read(min(length, 64))
-        if magic is not None:
-            if not head.startswith(magic):
+        if declared is not None:
+            if not head.startswith(_MAGIC[declared]):
                 raise PixelDataError(
-                    f"frame {index + 1} is not a {CODESTREAM_NAME[magic]} codestream as transfer syntax "
-                    f"{transfer_syntax} declares (starts {head[:4].hex()})"
+                    f"PixelData frame {index + 1} is {codestream_kind(head)}, not {declared} ({transfer_syntax})"
                 )
         elif transfer_syntax == RLE_LOSSLESS:
             # RLE header: 16 little-endian uint32, segment count 1-15, first offset 64 (PS3.5 G.5)

@@ -234,7 +234,13 @@ class Receiver:
         self._close(event.assoc, "aborted")
 
     def handle_closed(self, event: evt.Event) -> None:
-        self._close(event.assoc, "closed")
+        # The transport can close before the reactor reports the abort that caused it.
+        assoc = event.assoc
+        try:
+            aborted = assoc.is_aborted or assoc.acse.is_aborted()
+        except (AttributeError, IndexError):
+            aborted = assoc.is_aborted
+        self._close(assoc, "aborted" if aborted else "released" if assoc.is_released else "closed")
 
     # -- housekeeping (ticker thread) -------------------------------------------------------------
     def reap_ended(self) -> None:
@@ -340,7 +346,17 @@ class Receiver:
             if new:
                 self.spool.remove(rel)
             return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-        if iid is None:
+        if iid is None:  # the ledger says "already recorded": make sure, never acknowledge unrecorded data
+            try:
+                recorded = self.ledger.find(uid) is not None
+            except Exception as exc:
+                logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
+                recorded = False
+            if not recorded:
+                logger.error("C-STORE %s: the ledger refused the row, not stored", uid)
+                if new:
+                    self.spool.remove(rel)
+                return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
             self._note_duplicate(uid)
             return STATUS_SUCCESS
         logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)

@@ -98,22 +98,26 @@ def _tag(keyword_or_tag: str | int) -> str:
     return f"({t.group:04X},{t.element:04X})"
 
 
-def check_uid(name: str, value: object, *, required: bool = True) -> str:
-    """Return the UID stripped of padding; refuse it when invalid or longer than 64 characters."""
+def check_uid(name: str, value: object, *, required: bool = True, where: str = "") -> str:
+    """Return the UID stripped of padding; refuse it when invalid or longer than 64 characters.
+
+    The message starts with the element and the value: an Error Comment keeps only 64 characters.
+    """
     uid = str(value if value is not None else "").strip("\x00 ")
+    inside = f" in {where}" if where else ""
     if not uid:
         if required:
-            raise StoreRejected(STATUS_DATASET_DOES_NOT_MATCH, f"{name} is missing")
+            raise StoreRejected(STATUS_DATASET_DOES_NOT_MATCH, f"{name} is missing{inside}")
         return uid
     if len(uid) > MAX_UID_LENGTH:
-        raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"{name} is not a valid UID ({len(uid)} chars > 64): {uid!r}")
+        raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"{name}: {len(uid)} chars, over 64 for a UID: {uid!r}{inside}")
     if not UID(uid).is_valid:
-        raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"{name} is not a valid UID: {uid!r}")
+        raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"{name}: invalid UID {uid!r}{inside}")
     return uid
 
 
-def _uid_elements(ds: Dataset, where: str = "") -> Iterator[tuple[str, object]]:
-    """Every UI value of ``ds`` and its sequences, without touching Pixel Data."""
+def _uid_elements(ds: Dataset, where: str = "") -> Iterator[tuple[str, object, str]]:
+    """Every UI value of ``ds`` and its sequences as (element, value, sequence path), without Pixel Data."""
     for raw in ds.elements():
         tag = Tag(raw.tag)
         if tag == 0x7FE00010 or tag.group == 0x0002:
@@ -127,14 +131,14 @@ def _uid_elements(ds: Dataset, where: str = "") -> Iterator[tuple[str, object]]:
         if vr not in ("UI", "SQ"):
             continue
         elem = ds[tag]
-        name = f"{where}{elem.keyword or 'UID'} {_tag(tag)}"
+        name = f"{elem.keyword or 'UID'} {_tag(tag)}"
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
-                yield from _uid_elements(item, f"{where}{elem.keyword or _tag(tag)}[{i}].")
+                yield from _uid_elements(item, f"{where}{elem.keyword or _tag(tag)}[{i}]>")
         elif elem.VR == "UI":
             values = elem.value if elem.VM > 1 else [elem.value]
             for value in values:
-                yield name, value
+                yield name, value, where.rstrip(">")
 
 
 def _frames(ds: Dataset, sop_class: str, limits: Limits) -> int:
@@ -243,7 +247,7 @@ def check_received(
         if command_class != context_sop_class:
             raise StoreRejected(
                 STATUS_DATASET_DOES_NOT_MATCH,
-                f"Affected SOP Class UID {command_class} differs from the presentation context {context_sop_class}",
+                f"AffectedSOPClassUID {command_class} differs from context {context_sop_class}",
             )
     if affected_sop_instance is not None:
         check_uid("AffectedSOPInstanceUID (0000,1000)", affected_sop_instance)
@@ -281,11 +285,11 @@ def _check_plain(
             # pydicom gives up on the whole data set when an undefined-length value runs into EOF
             raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"data set is truncated or empty ({size} bytes received)")
 
-        found = {name.split(" ")[0]: value for name, value in uids}
+        found = {name.split(" ")[0]: value for name, value, where in uids if not where}
         sop_class = check_uid("SOPClassUID (0008,0016)", found.get("SOPClassUID"))
         sop_instance = check_uid("SOPInstanceUID (0008,0018)", found.get("SOPInstanceUID"))
-        for name, value in uids:
-            check_uid(name, value, required=False)
+        for name, value, where in uids:
+            check_uid(name, value, required=False, where=where)
         study = check_uid("StudyInstanceUID (0020,000D)", found.get("StudyInstanceUID"))
         series = check_uid("SeriesInstanceUID (0020,000E)", found.get("SeriesInstanceUID"))
         if sop_class != context_sop_class:
