@@ -58,8 +58,11 @@ def recover(spool: Spool, ledger: Ledger) -> list[str]:
                 transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
                 affected_sop_instance=None,
             )
-        except (StoreRejected, OSError, AttributeError, ValueError, EOFError) as exc:
+        except StoreRejected as exc:
             quarantine(spool, rel, f"unusable: {exc}")
+            continue
+        except Exception as exc:  # unreadable in any way pydicom can fail: never a reason not to start
+            quarantine(spool, rel, f"unreadable: {type(exc).__name__}: {exc}")
             continue
         if spool.relpath(info.sop_instance_uid) != rel:
             quarantine(spool, rel, "it does not hold the instance its name says")
