@@ -183,7 +183,10 @@ class Receiver:
         calling, called, host, port = self._peer(event.assoc)
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
-            sock.socket.settimeout(self.settings.node.network_timeout)  # no recv() blocks forever
+            try:
+                sock.socket.settimeout(self.settings.node.network_timeout)  # no recv() blocks forever
+            except OSError:  # already closed by the peer: the close events follow
+                pass
         try:
             aid = self.ledger.open_association(calling, called, host, port)
         except Exception as exc:  # stores will answer 0x0110 while the ledger is down

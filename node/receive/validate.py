@@ -279,7 +279,7 @@ def _check_plain(
             ds = dcmread(f, defer_size=4096, stop_before_pixels=True)
             pixel_pos = f.tell()
             uids = list(_uid_elements(ds))
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except Exception as exc:  # whatever pydicom raises on hostile bytes (it has no single parse error)
             raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}") from None
         if len(ds) == 0:
             # pydicom gives up on the whole data set when an undefined-length value runs into EOF
@@ -343,5 +343,5 @@ def _check_pixels(f: BinaryIO, ds: Dataset, pos: int, size: int, read_syntax: st
         )
     except PixelDataError as exc:
         raise StoreRejected(STATUS_CANNOT_UNDERSTAND, str(exc)) from None
-    except (ValueError, TypeError, AttributeError) as exc:  # get_expected_length on a nonsensical header
+    except (ValueError, TypeError, AttributeError, KeyError, NotImplementedError) as exc:  # nonsensical header
         raise StoreRejected(STATUS_CANNOT_UNDERSTAND, f"Image Pixel module is inconsistent: {exc}") from None
