@@ -67,6 +67,15 @@ class NodeSection(_Section):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
+    # Receive limits (issue #11): a socket must complete its A-ASSOCIATE-RQ within
+    # association_timeout; one address holds at most max_associations_per_host connections;
+    # reserved_peer_slots of max_associations are kept for [[peers]] when unknown callers are allowed.
+    association_timeout: float = Field(5.0, gt=0, le=600)
+    max_associations_per_host: int = Field(8, ge=1, le=1000)
+    reserved_peer_slots: int = Field(2, ge=0)  # at most max_associations - 1 take effect
+    max_instance_mb: int = Field(2048, ge=1)  # larger C-STORE data sets: 0xA700
+    max_inflated_mb: int = Field(512, ge=1)  # Deflated Explicit VR LE inflating beyond: 0xA700
+    max_frames: int = Field(10000, ge=1)  # NumberOfFrames beyond: 0xA700
 
     @field_validator("ae_title")
     @classmethod

@@ -72,8 +72,9 @@ class Spool:
 
     def prepare(self) -> int:
         """Create the folders and remove temp debris of interrupted associations; returns files removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(self.root)
+        self._make_dirs(self.incoming)
         removed = 0
         for entry in self.incoming.iterdir():
             if entry.is_dir():
@@ -86,6 +87,18 @@ class Spool:
             if self.fsync:
                 fsync_dir(self.incoming)
         return removed
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create ``folder`` and any missing parent up to the spool root, each fsync'd into its parent."""
+        missing = []
+        probe = folder
+        while not probe.exists() and probe != self.root.parent:
+            missing.append(probe)
+            probe = probe.parent
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            if self.fsync:
+                fsync_dir(path.parent)  # the new entry survives a power loss (POSIX rename/mkdir rule)
 
     def relpath(self, sop_instance_uid: str) -> str:
         key = uid_key(sop_instance_uid)
@@ -105,7 +118,7 @@ class Spool:
         final = self.root / rel
         if final.exists():
             return rel, False
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(final.parent)
         if self.fsync:
             fd = os.open(temp, os.O_RDONLY)
             try:
@@ -116,6 +129,13 @@ class Spool:
         if self.fsync:
             fsync_dir(final.parent)
         return rel, True
+
+    def remove(self, relpath: str) -> None:
+        """Durably remove a spooled file (a commit the ledger refused)."""
+        path = self.path_of(relpath)
+        path.unlink(missing_ok=True)
+        if self.fsync:
+            fsync_dir(path.parent)
 
     def discard(self, temp: Path) -> None:
         try:

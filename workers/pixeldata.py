@@ -4,13 +4,13 @@ Offset Table (PS3.5 A.4), byte counts against what the image header needs."""
 from __future__ import annotations
 
 import logging
-import struct
 from typing import TYPE_CHECKING, BinaryIO
 
 import pydicom.uid as puid
 from pydicom.dataset import Dataset
-from pydicom.pixels.utils import get_expected_length
 
+from node.pixels import PixelDataError, native_length, read_pixel_header
+from node.pixels import scan_fragments as shared_scan_fragments
 from workers.errors import DecodeError
 from workers.video import probe_video
 
@@ -24,24 +24,15 @@ VIDEO_SYNTAXES = frozenset(str(u) for u in puid.MPEGTransferSyntaxes)
 NATIVE_SYNTAXES = frozenset(
     {puid.ImplicitVRLittleEndian, puid.ExplicitVRLittleEndian, puid.ExplicitVRBigEndian}
 )
-_ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+
 
 def _read_pixel_header(f: BinaryIO, pos: int, ts: puid.UID, uid: str) -> tuple[int, int]:
     """Return (value offset, value length) of the top-level Pixel Data element that starts at ``pos``."""
-    f.seek(pos)
-    end = "<" if ts.is_little_endian else ">"
-    head = f.read(8)
-    if len(head) < 8:
-        raise DecodeError(f"{uid}: no Pixel Data element (7FE0,0010)")
-    group, elem = struct.unpack(f"{end}HH", head[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        raise DecodeError(f"{uid}: no Pixel Data element (7FE0,0010); found ({group:04X},{elem:04X}) instead")
-    if ts.is_implicit_VR:
-        return pos + 8, struct.unpack(f"{end}L", head[4:8])[0]
-    more = f.read(4)
-    if len(more) < 4:
-        raise DecodeError(f"{uid}: pixel data element header is truncated")
-    return pos + 12, struct.unpack(f"{end}L", more)[0]
+    try:
+        return read_pixel_header(f, pos, little=ts.is_little_endian, implicit=ts.is_implicit_VR)
+    except PixelDataError as exc:
+        text = str(exc).replace("Pixel Data (7FE0,0010) is missing", "no Pixel Data element (7FE0,0010)")
+        raise DecodeError(f"{uid}: {text}") from None
 
 
 def _check_pixel_data(
@@ -50,7 +41,7 @@ def _check_pixel_data(
     """Validate the pixel data value occupying ``f[start:end]`` against the header; fills clip caches."""
     uid, ts = clip.sop_instance_uid, clip.transfer_syntax_uid
     if ts in NATIVE_SYNTAXES or ts == puid.DeflatedExplicitVRLittleEndian:
-        need = int(get_expected_length(header, "bytes"))
+        need = native_length(header, clip.n_frames)  # shared with the receiver (node.pixels)
         if end - start < need:
             spp = int(header.get("SamplesPerPixel", 1))
             raise DecodeError(
@@ -112,38 +103,9 @@ def scan_fragments(
 
     Returns the Basic Offset Table offsets and ``(offset, length)`` of each fragment's value, relative
     to ``start``. Raises DecodeError when an item runs past the data or the sequence is cut short.
+    The walk is ``node.pixels.scan_fragments`` (pydicom.encaps), the one the receiver uses.
     """
-    pos, first = start, True
-    bot: list[int] = []
-    frags: list[tuple[int, int]] = []
-    while True:
-        f.seek(pos)
-        head = f.read(8)
-        if len(head) < 8:
-            if need_delimiter or len(head):
-                raise DecodeError(
-                    f"{uid}: encapsulated pixel data is truncated after {len(frags)} fragments "
-                    "(no sequence delimiter)"
-                )
-            break
-        tag = (struct.unpack("<H", head[:2])[0] << 16) | struct.unpack("<H", head[2:4])[0]
-        length = struct.unpack("<L", head[4:8])[0]
-        if tag == _SEQ_DELIM:
-            break
-        if tag != _ITEM:
-            raise DecodeError(
-                f"{uid}: unexpected tag {tag:08X} in encapsulated pixel data at byte {pos - start}"
-            )
-        if length == 0xFFFFFFFF or pos + 8 + length > end:
-            raise DecodeError(
-                f"{uid}: fragment {len(frags) + 1} of the pixel data claims {length} bytes but only "
-                f"{max(end - pos - 8, 0)} remain (truncated)"
-            )
-        if first:
-            raw = f.read(length)
-            bot = list(struct.unpack(f"<{length // 4}L", raw)) if length else []
-            first = False
-        else:
-            frags.append((pos + 8 - start, length))
-        pos += 8 + length
-    return bot, frags
+    try:
+        return shared_scan_fragments(f, start, end, need_delimiter=need_delimiter)
+    except PixelDataError as exc:
+        raise DecodeError(f"{uid}: {exc}") from None

@@ -1,22 +1,23 @@
 """The DICOM SCP: association policy, C-ECHO and C-STORE (PS3.4 Annex A and B).
 
 Handlers do I/O only: check, spool, record, then answer. A C-STORE success (0x0000) is sent only
-after the object is fsync'd in the spool and its row is committed in the ledger.
+after the object is fsync'd in the spool and its row is committed in the ledger; when the ledger
+cannot be written the answer is 0x0110 and nothing is left in the spool (fail closed).
+Connection-level limits (pending sockets, PDU sizes) live in ``node.receive.guard``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
@@ -29,26 +30,26 @@ from node.receive.contexts import (
     VERIFICATION_SOP_CLASS,
     VERIFICATION_TRANSFER_SYNTAXES,
 )
-from node.receive.validate import check_received
+from node.receive.guard import (
+    ConnectionLimits,
+    GuardedServer,
+    GuardedSocket,
+    install_temp_file_factory,
+    ticker,
+)
+from node.receive.validate import Limits, check_received
 from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-
-
-def route_chunked_receive(incoming: Path) -> None:
-    """Make pynetdicom stream every C-STORE data set to a temp file under ``incoming``.
-
-    Same filesystem as the spool, so accepting an object is an fsync and a rename, never a copy;
-    the folder is emptied at start-up, which removes the debris of interrupted associations.
-    """
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
-        tempfile.NamedTemporaryFile, dir=incoming, prefix="rx-"
-    )
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
+TICK_SECONDS = 0.25
 
 
 def _status(status: int, comment: str) -> Dataset:
@@ -56,6 +57,20 @@ def _status(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]  # LO, PS3.7 C.4.2.1.1
     return ds
+
+
+def ledger_text(value: object, limit: int) -> str:
+    """A peer-supplied string fit for a ledger column: printable ASCII, at most ``limit`` chars."""
+    text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in str(value or "").strip(" \x00"))
+    return text[:limit]
+
+
+@dataclass
+class _Assoc:
+    assoc: Association
+    host: str
+    peer: bool
+    aid: int | None = None
 
 
 @dataclass
@@ -66,15 +81,26 @@ class Receiver:
     spool: Spool
     ledger: Ledger
     on_stored: Callable[[str], None] | None = None  # enqueue hook, called with the SOP Instance UID
-    _assoc_ids: dict[int, int] = field(default_factory=dict)
+    _assocs: dict[int, _Assoc] = field(default_factory=dict)
+    _in_use: set[Path] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_sweep: float = 0.0
+
+    @property
+    def limits(self) -> Limits:
+        node = self.settings.node
+        return Limits(
+            max_instance_bytes=node.max_instance_mb * 2**20,
+            max_inflated_bytes=node.max_inflated_mb * 2**20,
+            max_frames=node.max_frames,
+        )
 
     # -- association policy -----------------------------------------------------------------
     def _peer(self, assoc: Association) -> tuple[str, str, str, int]:
         rq = assoc.requestor.primitive
-        calling = str(getattr(rq, "calling_ae_title", "") or "").strip()
-        called = str(getattr(rq, "called_ae_title", "") or "").strip()
-        return calling, called, str(assoc.requestor.address), int(assoc.requestor.port)
+        calling = ledger_text(getattr(rq, "calling_ae_title", ""), 16)
+        called = ledger_text(getattr(rq, "called_ae_title", ""), 16)
+        return calling, called, ledger_text(assoc.requestor.address, 64), int(assoc.requestor.port or 0)
 
     def policy(self, calling: str, called: str, host: str) -> tuple[tuple[int, int, int], str] | None:
         """Return (reject code, reason) when the association must be refused, else None."""
@@ -82,52 +108,172 @@ class Receiver:
         if called != node.ae_title:
             return REJECT_CALLED_AE, f"called AE title {called!r} is not ours ({node.ae_title!r})"
         if node.reject_unknown_callers:
-            peers = [p for p in self.settings.peers if p.ae_title == calling]
-            if not peers:
+            if not self.is_peer(calling, host):
+                if any(p.ae_title == calling for p in self.settings.peers):
+                    return REJECT_CALLING_AE, f"calling AE title {calling!r} is not allowed from host {host}"
                 return REJECT_CALLING_AE, f"calling AE title {calling!r} is not a configured peer"
-            if all(p.host is not None and p.host != host for p in peers):
-                return REJECT_CALLING_AE, f"calling AE title {calling!r} is not allowed from host {host}"
         return None
 
-    def handle_requested(self, event: evt.Event) -> None:
+    def is_peer(self, calling: str, host: str) -> bool:
+        return any(p.ae_title == calling and (p.host is None or p.host == host) for p in self.settings.peers)
+
+    def _slots(self, host: str, peer: bool) -> str | None:
+        """Why no association slot is free for this caller (None: admit), PS3.8 9.3.4 2/3/2.
+
+        Called with ``_lock`` held."""
+        node = self.settings.node
+        reserved = min(node.reserved_peer_slots, node.max_associations - 1)
+        active = list(self._assocs.values())
+        if len(active) >= node.max_associations:
+            return f"max_associations = {node.max_associations} reached"
+        if sum(1 for a in active if a.host == host) >= node.max_associations_per_host:
+            return f"max_associations_per_host = {node.max_associations_per_host} reached for {host}"
+        if not peer and sum(1 for a in active if not a.peer) >= node.max_associations - reserved:
+            return f"the last {reserved} association slot(s) are reserved for configured peers"
+        return None
+
+    def _reject(self, event: evt.Event, code: tuple[int, int, int], reason: str) -> None:
         calling, called, host, port = self._peer(event.assoc)
-        verdict = self.policy(calling, called, host)
-        if verdict is None:
-            return
-        code, reason = verdict
         logger.warning("association from %s@%s:%d rejected: %s", calling, host, port, reason)
-        self.ledger.record_rejected(calling, called, host, port, reason)
-        event.assoc.acse.send_reject(*code)
-        event.assoc.kill()
+        try:
+            event.assoc.acse.send_reject(*code)
+        finally:
+            event.assoc.kill()
+            try:
+                self.ledger.record_rejected(calling, called, host, port, reason)
+            except Exception as exc:  # the ledger being down never lets a caller in
+                logger.error("could not record the rejection of %s@%s in the ledger: %s", calling, host, exc)
+
+    def handle_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        server = assoc._server
+        if isinstance(server, GuardedServer):
+            server.promote(assoc.dul.socket.socket if assoc.dul.socket else None)
+        assoc.acse_timeout = self.settings.node.acse_timeout
+        calling, called, host, _ = self._peer(assoc)
+        rq = assoc.requestor.primitive
+        app_context = str(getattr(rq, "application_context_name", "") or "")
+        if app_context != DICOM_APPLICATION_CONTEXT:
+            return self._reject(event, REJECT_APPLICATION_CONTEXT, f"application context {app_context[:64]!r} is not DICOM's")
+        if not getattr(rq, "presentation_context_definition_list", None):
+            return self._reject(event, REJECT_NO_REASON, "no presentation context proposed")
+        verdict = self.policy(calling, called, host)
+        if verdict is not None:
+            return self._reject(event, *verdict)
+        peer = self.is_peer(calling, host)
+        with self._lock:  # admitted now, so two requests cannot both take the last slot
+            full = self._slots(host, peer)
+            if full is None:
+                self._assocs[id(assoc)] = _Assoc(assoc, host, peer)
+        if full is not None:
+            return self._reject(event, REJECT_LIMIT, full)
 
     def handle_rejected(self, event: evt.Event) -> None:
-        # pynetdicom's own rejections (e.g. too many associations: transient, local limit exceeded)
+        # pynetdicom's own rejections (unsupported protocol version, its association limit)
         calling, called, host, port = self._peer(event.assoc)
-        logger.warning("association from %s@%s:%d rejected by the DICOM layer (limit reached?)", calling, host, port)
-        self.ledger.record_rejected(calling, called, host, port, "rejected: association limit reached")
+        with self._lock:
+            self._assocs.pop(id(event.assoc), None)
+        logger.warning("association from %s@%s:%d rejected by the DICOM layer", calling, host, port)
+        try:
+            self.ledger.record_rejected(calling, called, host, port, "rejected by the DICOM layer")
+        except Exception as exc:
+            logger.error("could not record the rejection of %s@%s in the ledger: %s", calling, host, exc)
 
     def handle_established(self, event: evt.Event) -> None:
         calling, called, host, port = self._peer(event.assoc)
-        aid = self.ledger.open_association(calling, called, host, port)
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            try:
+                sock.socket.settimeout(self.settings.node.network_timeout)  # no recv() blocks forever
+            except OSError:  # already closed by the peer: the close events follow
+                pass
+        try:
+            aid = self.ledger.open_association(calling, called, host, port)
+        except Exception as exc:  # stores will answer 0x0110 while the ledger is down
+            logger.error("association from %s@%s:%d not recorded: %s", calling, host, port, exc)
+            return
         with self._lock:
-            self._assoc_ids[id(event.assoc)] = aid
+            state = self._assocs.get(id(event.assoc))
+            if state is not None:
+                state.aid = aid
+        if state is None:  # ended before we got here
+            self._close_row(aid, "closed")
         logger.info("association %d from %s@%s:%d established", aid, calling, host, port)
 
-    def _close(self, event: evt.Event, outcome: str) -> None:
-        with self._lock:
-            aid = self._assoc_ids.pop(id(event.assoc), None)
-        if aid is not None:
-            self.ledger.close_association(aid, outcome)
+    def _close_row(self, aid: int, outcome: str, reason: str | None = None) -> None:
+        try:
+            self.ledger.close_association(aid, outcome, reason)
             logger.info("association %d %s", aid, outcome)
+        except Exception as exc:
+            logger.error("association %d ended (%s) but the ledger could not record it: %s", aid, outcome, exc)
+
+    def _close(self, assoc: Association, outcome: str) -> None:
+        self._drop_partial(assoc)
+        with self._lock:
+            state = self._assocs.pop(id(assoc), None)
+        if state is not None and state.aid is not None:
+            sock = assoc.dul.socket
+            reason = sock.oversized if isinstance(sock, GuardedSocket) else None
+            self._close_row(state.aid, "aborted" if reason else outcome, reason)
+
+    def _drop_partial(self, assoc: Association) -> None:
+        """Remove the temp file of a C-STORE data set whose transfer did not complete."""
+        message = getattr(assoc.dimse, "message", None)
+        handle = getattr(message, "_data_set_file", None)
+        path = getattr(message, "_data_set_path", None)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+        if isinstance(path, Path) and path.parent == self.spool.incoming:
+            self.spool.discard(path)
+            logger.info("removed the partial data set of an interrupted transfer")
 
     def handle_released(self, event: evt.Event) -> None:
-        self._close(event, "released")
+        self._close(event.assoc, "released")
 
     def handle_aborted(self, event: evt.Event) -> None:
-        self._close(event, "aborted")
+        self._close(event.assoc, "aborted")
 
     def handle_closed(self, event: evt.Event) -> None:
-        self._close(event, "closed")
+        # The transport can close before the reactor reports the abort that caused it.
+        assoc = event.assoc
+        try:
+            aborted = assoc.is_aborted or assoc.acse.is_aborted()
+        except (AttributeError, IndexError):
+            aborted = assoc.is_aborted
+        self._close(assoc, "aborted" if aborted else "released" if assoc.is_released else "closed")
+
+    # -- housekeeping (ticker thread) -------------------------------------------------------------
+    def reap_ended(self) -> None:
+        """Close the rows of associations whose thread ended without a release/abort/close event."""
+        with self._lock:
+            ended = [s.assoc for s in self._assocs.values() if not s.assoc.is_alive() and s.assoc.ident is not None]
+        for assoc in ended:
+            self._close(assoc, "closed")
+
+    def sweep_incoming(self, force: bool = False) -> int:
+        """Remove temp files untouched for longer than the DIMSE timeout; returns how many."""
+        now = time.time()
+        timeout = self.settings.node.dimse_timeout
+        if not force and now - self._last_sweep < min(timeout / 4, 15.0):
+            return 0
+        self._last_sweep = now
+        removed = 0
+        with self._lock:
+            busy = set(self._in_use)
+        for entry in self.spool.incoming.iterdir():
+            try:
+                if entry in busy or not entry.is_file() or now - entry.stat().st_mtime < timeout:
+                    continue
+                entry.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            logger.warning("removed %d stale temp file(s) from %s", removed, self.spool.incoming)
+        return removed
 
     # -- DIMSE services ---------------------------------------------------------------------
     def handle_echo(self, event: evt.Event) -> int:
@@ -137,35 +283,57 @@ class Receiver:
         request = cast(C_STORE, event.request)
         temp = Path(event.dataset_path)
         with self._lock:
-            aid = self._assoc_ids.get(id(event.assoc))
+            state = self._assocs.get(id(event.assoc))
+            self._in_use.add(temp)
+        aid = state.aid if state is not None else None
         size = temp.stat().st_size if temp.exists() else 0
         try:
             status = self._store(event, temp, aid)
         except StoreRejected as rej:
-            logger.warning("C-STORE %s refused with 0x%04X: %s", request.AffectedSOPInstanceUID, rej.status, rej.reason)
-            self.spool.discard(temp)
-            if aid is not None:
-                self.ledger.count_store(aid, size, ok=False)
-            return _status(rej.status, rej.reason)
+            logger.warning(
+                "C-STORE %s refused with 0x%04X: %s",
+                ledger_text(request.AffectedSOPInstanceUID, 80),
+                rej.status,
+                rej.reason,
+            )
+            status = _status(rej.status, rej.reason)
+        except Exception:  # a bug must not leave the sender with a success or us with debris
+            logger.exception("C-STORE %s: handler error", ledger_text(request.AffectedSOPInstanceUID, 80))
+            status = _status(STATUS_PROCESSING_FAILURE, "internal error while storing; not stored")
+        finally:
+            self.spool.discard(temp)  # committed objects were renamed away; anything else goes
+            with self._lock:
+                self._in_use.discard(temp)
+        ok = status == STATUS_SUCCESS
         if aid is not None:
-            self.ledger.count_store(aid, size, ok=status == STATUS_SUCCESS)
+            try:
+                self.ledger.count_store(aid, size, ok=ok)
+            except Exception as exc:
+                logger.error("association %d: store not counted: %s", aid, exc)
         return status
 
-    def _store(self, event: evt.Event, temp: Path, aid: int | None) -> int:
+    def _store(self, event: evt.Event, temp: Path, aid: int | None) -> int | Dataset:
         floor = self.settings.storage.min_free_mb
         if floor and self.spool.free_mb() < floor:
             raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"free disk below {floor} MB in the data dir")
         cx = event.context
+        request = cast(C_STORE, event.request)
         info = check_received(
             temp,
             context_sop_class=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax),
-            affected_sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
+            affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
+            affected_sop_class=str(request.AffectedSOPClassUID or ""),
+            limits=self.limits,
         )
         uid = info.sop_instance_uid
-        if self.ledger.find(uid) is not None:
-            self.ledger.note_duplicate(uid)
-            self.spool.discard(temp)
+        try:
+            known = self.ledger.find(uid)
+        except Exception as exc:
+            logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
+            return _status(STATUS_PROCESSING_FAILURE, "ledger unavailable; not stored")
+        if known is not None:
+            self._note_duplicate(uid)
             logger.info("C-STORE %s: duplicate of an instance already received, acknowledged", uid)
             return STATUS_SUCCESS
         try:
@@ -173,28 +341,45 @@ class Receiver:
         except OSError as exc:
             logger.error("C-STORE %s: cannot spool: %s", uid, exc)
             raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror}") from None
-        if not new:
-            # Spooled by an earlier association whose ledger row never committed (crash): keep that copy.
-            self.spool.discard(temp)
-        row = info.ledger_row(rel, calling_ae=self._peer(event.assoc)[0], association_id=aid)
+        row = info.ledger_row(rel, calling_ae=self._peer(event.assoc)[0] or None, association_id=aid)
         try:
             iid = self.ledger.add_instance(row)
-        except Exception as exc:  # the ledger is down: refuse rather than acknowledge unrecorded data
-            logger.error("C-STORE %s: ledger write failed: %s", uid, exc)
-            return STATUS_PROCESSING_FAILURE
-        if iid is None:
-            self.ledger.note_duplicate(uid)
+        except Exception as exc:  # fail closed: nothing unrecorded stays in the spool
+            logger.error("C-STORE %s: ledger write failed, not stored: %s", uid, exc)
+            if new:
+                self.spool.remove(rel)
+            return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
+        if iid is None:  # the ledger says "already recorded": make sure, never acknowledge unrecorded data
+            try:
+                recorded = self.ledger.find(uid) is not None
+            except Exception as exc:
+                logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
+                recorded = False
+            if not recorded:
+                logger.error("C-STORE %s: the ledger refused the row, not stored", uid)
+                if new:
+                    self.spool.remove(rel)
+                return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
+            self._note_duplicate(uid)
             return STATUS_SUCCESS
         logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)
         if self.on_stored is not None:
             self.on_stored(uid)
         return STATUS_SUCCESS
 
+    def _note_duplicate(self, uid: str) -> None:
+        try:
+            self.ledger.note_duplicate(uid)
+        except Exception as exc:  # the instance itself is recorded: the success stands
+            logger.error("C-STORE %s: duplicate not counted: %s", uid, exc)
+
     # -- the AE -------------------------------------------------------------------------------
     def build_ae(self) -> AE:
         node = self.settings.node
         ae = AE(ae_title=node.ae_title)
-        ae.maximum_associations = node.max_associations
+        # Slots are counted by handle_requested (max_associations, per host, reserved for peers);
+        # pynetdicom's own count also includes pending sockets, so its ceiling sits above ours.
+        ae.maximum_associations = 4 * node.max_associations + node.max_associations_per_host
         ae.maximum_pdu_size = node.max_pdu_size
         ae.acse_timeout = node.acse_timeout
         ae.dimse_timeout = node.dimse_timeout
@@ -217,9 +402,35 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
         ]
 
-    def start(self, block: bool = False) -> Any:
-        """Start listening on the configured host/port; returns the server when not blocking."""
-        route_chunked_receive(self.spool.incoming)
-        ae = self.build_ae()
+    def start(self, block: bool = False) -> GuardedServer:
+        """Listen on the configured host/port (in a background thread unless ``block``); returns the server."""
+        _config.STORE_RECV_CHUNKED_DATASET = True  # pynetdicom's documented switch (no in-memory data sets)
+        install_temp_file_factory()
+        self.spool.incoming.mkdir(parents=True, exist_ok=True)
         node = self.settings.node
-        return ae.start_server((node.host, node.port), block=block, evt_handlers=self.handlers())
+        ae = self.build_ae()
+        limits = ConnectionLimits(
+            association_timeout=node.association_timeout,
+            max_pending=node.max_associations,
+            max_pending_per_host=node.max_associations_per_host,
+            max_pdu_size=node.max_pdu_size,
+        )
+        server = cast(
+            GuardedServer,
+            ae.make_server(
+                (node.host, node.port),
+                evt_handlers=self.handlers(),
+                server_class=GuardedServer,
+                limits=limits,
+                incoming=self.spool.incoming,
+            ),
+        )
+        ae._servers.append(server)  # so that server.shutdown() / ae.shutdown() find it, as start_server does
+        stop = threading.Event()
+        server.on_shutdown.append(stop.set)
+        ticker(TICK_SECONDS, stop, [server.close_overdue, self.reap_ended, self.sweep_incoming])
+        if block:
+            server.serve_forever()
+        else:
+            threading.Thread(target=server.serve_forever, name="alnnode-acceptor", daemon=True).start()
+        return server

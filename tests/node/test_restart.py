@@ -51,3 +51,54 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(node_proc: NodeProcess
         assert spooled.exists() and dcmread(spooled).PixelData == dcmread(path).PixelData
     assert list(spool.incoming.iterdir()) == [], "temp debris left after restart"
     assert "interrupted" in ledger.association_summary()
+
+
+def test_hostile_study_uid_refused_and_postgres_node_restarts(postgres_url: str, tmp_path: Path) -> None:
+    """An 81-character Study UID once reached the spool and broke the PostgreSQL ledger and the restart."""
+    import warnings
+
+    from pydicom.uid import generate_uid
+
+    from tests.helpers import free_port, us_file, write_config
+    from tests.node.test_store_rejects import LONG_UID, US_IMAGE, encoded, send_file, send_raw
+
+    port, data = free_port(), tmp_path / "var"
+    cfg = write_config(tmp_path / "c.toml", port=port, data_dir=data, extra=f'ledger_url = "{postgres_url}"')
+    node = NodeProcess(cfg, port, tmp_path / "node.log").start()
+    hostile = dcmread(us_file("US1_UNCR.dcm"))
+    hostile.SOPInstanceUID = generate_uid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hostile.StudyInstanceUID = LONG_UID
+        status, comment = send_raw(port, encoded(hostile), context=US_IMAGE, ts="1.2.840.10008.1.2.1", command_class=US_IMAGE, instance=str(hostile.SOPInstanceUID))
+    assert status == 0xC000 and comment.startswith("StudyInstanceUID (0020,000D): 81 chars")
+    good = tmp_path / "good.dcm"
+    ds = dcmread(us_file("US1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(good, enforce_file_format=True)
+    assert send_file(port, good, US_IMAGE).Status == 0x0000
+    node.stop()
+
+    # What an older node left behind: the hostile object spooled without a ledger row, and junk.
+    spool = Spool(data)
+    planted = spool.path_of(spool.relpath(str(hostile.SOPInstanceUID)))
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hostile.save_as(planted, enforce_file_format=True)
+    junk = spool.path_of(spool.relpath("2.25.42"))
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"not DICOM at all")
+
+    node.start()  # asserts the node is up and listening
+    try:
+        quarantined = sorted(p.name for p in (data / "quarantine").iterdir())
+        assert quarantined == sorted([planted.name, junk.name])
+        assert spool.iter_relpaths() == [spool.relpath(str(ds.SOPInstanceUID))]
+        assert "quarantined" in (tmp_path / "node.log").read_text()
+        ledger = Ledger(postgres_url)
+        assert ledger.find(str(ds.SOPInstanceUID)) is not None
+        assert ledger.find(str(hostile.SOPInstanceUID)) is None
+        assert send_file(port, good, US_IMAGE).Status == 0x0000  # duplicate, acknowledged
+    finally:
+        node.stop()

@@ -107,7 +107,7 @@ def test_non_uid_sop_instance_uid_is_refused(node_proc: NodeProcess, node_env: t
     path.write_bytes(raw.replace(uid, evil))
     rsp = send_file(node_proc.port, path, US_IMAGE)
     assert rsp.Status & 0xF000 == 0xC000
-    assert "not a valid UID" in rsp.ErrorComment
+    assert "SOPInstanceUID (0000,1000): invalid UID '../../x" in rsp.ErrorComment  # the command's copy first
     assert_nothing_left(node_env[2])
     assert not list(node_env[2].rglob("x"))
     assert_serving(node_proc.port)
@@ -160,3 +160,160 @@ def test_too_many_associations_rejected_transiently(tmp_path: Path, n: int) -> N
         for a in held:
             a.release()
         proc.stop()
+
+
+# -- validation before spooling (issue #11): exact status and Error Comment per case -------------
+def encoded(ds: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def send_raw(port: int, data: bytes, *, context: str, ts: str, command_class: str, instance: str) -> tuple[int | None, str]:
+    """C-STORE ``data`` on a raw socket, the command's SOP class free to differ from the context."""
+    from tests.hostile.wire import Wire, store_pdus
+
+    w = Wire(port)
+    try:
+        ac = w.associate("US_ROOM1", [(1, context, [ts])], max_pdu=262144)
+        assert ac is not None and ac.kind == 0x02, ac
+        for p in store_pdus(data, command_class, instance):
+            w.send(p)
+        rsp = w.read_pdu()
+        assert rsp is not None
+        return rsp.status, rsp.comment
+    finally:
+        w.close()
+
+
+def us_mf(**changes: object) -> Dataset:
+    """The real 120-frame JPEG loop with ``changes`` applied (None deletes, fresh SOP Instance UID)."""
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(us_file("color3d_jpeg_baseline.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    for kw, value in changes.items():
+        if value is None:
+            delattr(ds, kw)
+        else:
+            setattr(ds, kw, value)
+    return ds
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+LONG_UID = "1.2.840." + "1" * 73  # 81 characters: digits and dots, but over the 64 of PS3.5 9.1
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "comment"),
+    [
+        ({"StudyInstanceUID": LONG_UID}, 0xC000, "StudyInstanceUID (0020,000D): 81 chars, over 64 for a UID: '1.2.840.111"),
+        ({"SeriesInstanceUID": "1.2.840.x"}, 0xC000, "SeriesInstanceUID (0020,000E): invalid UID '1.2.840.x'"),
+        ({"FrameOfReferenceUID": "1.02.3"}, 0xC000, "FrameOfReferenceUID (0020,0052): invalid UID '1.02.3'"),
+        ({"StudyInstanceUID": None}, 0xA900, "StudyInstanceUID (0020,000D) is missing"),
+        ({"NumberOfFrames": ""}, 0xA900, "NumberOfFrames (0028,0008) is empty (Type 1 for Ultrasound Multi-frame Image Storage)"),
+        ({"NumberOfFrames": None}, 0xA900, "NumberOfFrames (0028,0008) is missing (Type 1 for Ultrasound Multi-frame Image Storage)"),
+        ({"NumberOfFrames": "1.5"}, 0xC000, "NumberOfFrames (0028,0008) = '1.5' is not an integer"),
+        ({"NumberOfFrames": "121"}, 0xC000, "NumberOfFrames is 121 but the pixel data holds only 120 fragment(s)"),
+        ({"NumberOfFrames": "10001"}, 0xA700, "NumberOfFrames (0028,0008) = 10001 exceeds max_frames = 10000"),
+    ],
+    ids=["study-81", "series-chars", "frame-of-reference", "study-missing", "frames-empty", "frames-missing", "frames-1.5", "frames-121", "frames-max"],
+)
+def test_validation_case(node_proc: NodeProcess, node_env: tuple[Path, int, Path], changes: dict[str, object], status: int, comment: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values we mean to send
+        ds = us_mf(**changes)
+        data = encoded(ds)
+    got, text = send_raw(node_proc.port, data, context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    assert (got, text) == (status, comment[:64])  # Error Comment is LO: the first 64 characters
+    assert_nothing_left(node_env[2])
+
+
+def test_referenced_uid_inside_a_sequence_is_checked(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = US_MF
+    ref.ReferencedSOPInstanceUID = "1.2.3.abc"
+    ds = us_mf(ReferencedImageSequence=[ref])
+    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    assert status == 0xC000
+    assert comment == "ReferencedSOPInstanceUID (0008,1155): invalid UID '1.2.3.abc' in"  # LO: 64 chars
+    assert_nothing_left(node_env[2])
+
+
+def test_command_sop_class_must_match_the_context(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+    ds = us_mf()
+    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_IMAGE, instance=str(ds.SOPInstanceUID))
+    assert status == 0xA900
+    assert comment == f"AffectedSOPClassUID {US_IMAGE} differs from context {US_MF}"[:64]
+    assert_nothing_left(node_env[2])
+
+
+def test_jpeg_codestream_declared_as_h264_is_refused(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+    ds = us_mf()
+    h264 = "1.2.840.10008.1.2.4.102"
+    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=h264, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    assert (status, comment) == (0xC000, f"PixelData frame 1 is JPEG, not H.264 ({h264})")
+    assert_nothing_left(node_env[2])
+
+
+def test_native_ybr_full_422_loop_is_accepted(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+    # PS3.3 C.7.6.3.1.2: YBR_FULL_422 stores 2 samples per pixel; the old hand-made length wanted 3
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(us_file("US1_UNCR.dcm"))  # native explicit VR LE, 480x640x3
+    ds.SOPClassUID, ds.SOPInstanceUID = US_MF, generate_uid()
+    ds.PhotometricInterpretation, ds.NumberOfFrames = "YBR_FULL_422", 4
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 2 * 4)
+    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts="1.2.840.10008.1.2.1", command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    assert status == 0x0000, comment
+    from node.ledger import Ledger
+
+    row = Ledger(f"sqlite:///{node_env[2] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
+    assert row is not None and row["frames"] == 4
+
+
+def _trigger(data: Path, table: str, on: bool) -> None:
+    """Make the node's real SQLite ledger refuse inserts into ``table`` (a real write failure)."""
+    import sqlite3
+
+    con = sqlite3.connect(data / "ledger.sqlite")
+    with con:
+        if on:
+            con.execute(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        else:
+            con.execute(f"DROP TRIGGER refuse_{table}")
+    con.close()
+
+
+def test_ledger_failure_answers_0110_and_keeps_nothing(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+    from node.ledger import Ledger
+
+    data = node_env[2]
+    path, ds = uncr_copy(tmp_path, "fresh.dcm", SOPInstanceUID="2.25.1234567890123456789")
+    _trigger(data, "instances", True)
+    rsp = send_file(node_proc.port, path, US_IMAGE)
+    assert (rsp.Status, rsp.ErrorComment) == (0x0110, "ledger write failed; not stored")
+    assert_nothing_left(data)
+    _trigger(data, "instances", False)
+    assert send_file(node_proc.port, path, US_IMAGE).Status == 0x0000  # the sender's retry succeeds
+    assert Ledger(f"sqlite:///{data / 'ledger.sqlite'}").find("2.25.1234567890123456789") is not None
+
+
+def test_unknown_caller_rejected_while_the_ledger_is_down(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+    _trigger(node_env[2], "associations", True)
+    try:
+        ae = AE(ae_title="INTRUDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", node_proc.port, ae_title="ALN_AI")
+        assert assoc.is_rejected
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
+        assert_serving(node_proc.port)  # a configured peer still gets its echo answered
+    finally:
+        _trigger(node_env[2], "associations", False)
