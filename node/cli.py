@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from node import __version__
 from node.errors import ConfigError, NodeError
+from node.logs import add_log_options, root_refusal
 
 # Research/compute commands: name -> module whose main(argv) runs it (imported only when used).
 WORKER_COMMANDS = {
@@ -27,10 +28,16 @@ WORKER_COMMANDS = {
 }
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, args: argparse.Namespace | None = None) -> None:
+    from node.logs import setup_logging
+
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    setup_logging(
+        level,
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_file", None),
+        max_mb=getattr(args, "log_max_mb", 50),
+        backups=getattr(args, "log_backups", 5),
     )
     if verbose == 0:
         # our own one-line messages say what failed; pynetdicom's ERROR lines would repeat it
@@ -51,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     with_config(cfg_sub.add_parser("check", help="validate and print the effective configuration"))
 
-    with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
+    sv = with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
+    sv.add_argument("--allow-root", action="store_true", help="run even as root (default: refuse)")
+    add_log_options(sv)
 
     st = with_config(sub.add_parser("status", help="job counts by state and the last jobs"))
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -205,7 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not word.startswith("-"):
             break
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    if args.command == "serve" and (refusal := root_refusal(args.allow_root, "alnnode serve")):
+        print(refusal, file=sys.stderr)
+        return 2
+    try:
+        _setup_logging(args.verbose, args)
+    except ValueError as exc:  # --log-file not writable, bad rotation values
+        print(f"alnnode: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve" and args.allow_root and os.geteuid() == 0:
+        logging.getLogger("node.cli").warning("running as root (--allow-root): use a service user in production")
     handlers = {
         "config": _cmd_config_check,
         "serve": _cmd_serve,

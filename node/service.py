@@ -100,7 +100,7 @@ class Node:
             return
         logs = self.settings.storage.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "node.cli", "worker", "--queues", "gpu,io", "--concurrency", "1"]
+        cmd = [sys.executable, "-m", "node.cli", "worker", "--queues", "gpu,io", "--concurrency", "1", *(["--allow-root"] if os.geteuid() == 0 else [])]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         for i in range(q.embedded_workers):

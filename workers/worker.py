@@ -11,6 +11,7 @@ import sys
 
 from node.config import load_config
 from node.errors import ConfigError
+from node.logs import add_log_options, root_refusal, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +24,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1: one model in memory)")
     p.add_argument("--name", default=None, help="Celery node name (default alnnode-<queues>@<host>-<pid>)")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--allow-root", action="store_true", help="run even as root (default: refuse)")
+    add_log_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if refusal := root_refusal(args.allow_root, "alnnode worker"):
+        print(refusal, file=sys.stderr)
+        return 2
+    try:
+        level = logging.getLevelName(args.loglevel.upper())
+        setup_logging(level if isinstance(level, int) else logging.INFO, args.log_format, args.log_file,
+                      max_mb=args.log_max_mb, backups=args.log_backups)
+    except ValueError as exc:
+        print(f"alnnode worker: {exc}", file=sys.stderr)
+        return 2
+    if args.allow_root and os.geteuid() == 0:
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        # asked for with --allow-root: one line of ours instead of Celery's banner-sized warning
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        logger.warning("running as root (--allow-root): use a service user in production")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     bad = [q for q in queues if q not in ("gpu", "io")]
     if bad or not queues:

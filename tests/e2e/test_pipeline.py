@@ -80,7 +80,7 @@ def test_redis_mode_with_separate_worker_survives_worker_kill(orthanc: OrthancSe
     cfg, port, data = pipeline_config(tmp_path, small_bundle, destination_toml("dimse", orthanc), broker=redis_url, visibility=8)
     node = start_node(tmp_path, cfg, port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    worker_cmd = [sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--queues", "gpu,io", "--concurrency", "1"]
+    worker_cmd = [sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg), "--queues", "gpu,io", "--concurrency", "1"]
     log1 = open(tmp_path / "worker1.log", "wb")  # noqa: SIM115
     first = subprocess.Popen(worker_cmd, stdout=log1, stderr=log1, cwd=ROOT, env=env, start_new_session=True)
     second = None
