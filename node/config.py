@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -263,6 +264,16 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     return Settings.model_validate(loaded.model_dump())
 
 
+def mask_url(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL's password is never printed (ledger and broker URLs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
 def effective_toml(settings: Settings) -> str:
     """Render the effective configuration as TOML (secrets masked) for ``alnnode config check``."""
 
@@ -280,6 +291,8 @@ def effective_toml(settings: Settings) -> str:
                 continue
             if key in ("password", "token"):
                 value = "***"
+            elif key in ("ledger_url", "broker_url"):
+                value = mask_url(str(value))
             lines.append(f"{key} = {scalar(value)}")
         return lines + [""]
 
@@ -291,5 +304,5 @@ def effective_toml(settings: Settings) -> str:
         out += table("[[peers]]", peer)
     for dest in dumped["destinations"]:
         out += table("[[destinations]]", dest)
-    out.insert(0, f"# ledger: {settings.ledger_url}")
+    out.insert(0, f"# ledger: {mask_url(settings.ledger_url)}")
     return "\n".join(out)
