@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
-        print(f"unhealthy: config: {exc.problems[0]}")
+        print(f"unhealthy: config: {exc.problems[0]}")  # noqa: T201 (a CLI)
         return 1
     if args.role == "edge":
         http_port = int(os.environ.get("ALNNODE_HTTP__PORT", "8080"))
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = check_edge(url, settings.node.port, args.timeout)
     else:
         problem = check_worker(settings.queue.broker_url, args.timeout)
-    print(f"unhealthy: {problem}" if problem else "healthy")
+    print(f"unhealthy: {problem}" if problem else "healthy")  # noqa: T201
     return 1 if problem else 0
 
 
