@@ -167,14 +167,23 @@ def test_edge_healthcheck_uses_healthz_then_the_dicom_port(tmp_path: Path, http_
 
 
 def test_worker_healthcheck_needs_the_broker(tmp_path: Path) -> None:
+    """As the image runs it: the entry point reads the broker URL from its secret file."""
     redis_port = free_port()
-    extra = f'[queue]\nbroker_url = "redis://127.0.0.1:{redis_port}/0"\n'
-    cfg = write_config(tmp_path / "alnnode.toml", port=free_port(), data_dir=tmp_path / "var", extra=extra)
-    out = healthcheck("worker", "--config", str(cfg))
-    assert out.returncode == 1 and f"broker 127.0.0.1:{redis_port}" in out.stdout
+    secret = tmp_path / "broker_url"
+    secret.write_text(f"redis://:pw@127.0.0.1:{redis_port}/0")
+    cfg = write_config(tmp_path / "alnnode.toml", port=free_port(), data_dir=tmp_path / "var")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALNNODE_")}
+    env.update(PYTHONPATH=str(ROOT), ALNNODE_QUEUE__BROKER_URL_FILE=str(secret))
+    cmd = ["sh", str(DOCKER / "entrypoint.sh"), sys.executable, str(DOCKER / "healthcheck.py"), "worker", "--config", str(cfg)]
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+    out = check()
+    assert out.returncode == 1 and f"broker 127.0.0.1:{redis_port}" in out.stdout and "pw" not in out.stdout
     redis = subprocess.Popen([require_tool("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""], stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: healthcheck("worker", "--config", str(cfg)).returncode == 0, 30, interval=0.2, what="redis-server")
+        wait_for(lambda: check().returncode == 0, 30, interval=0.2, what="redis-server")
     finally:
         redis.terminate()
         redis.wait(10)

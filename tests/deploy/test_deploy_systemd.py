@@ -86,3 +86,13 @@ def test_sysusers_and_tmpfiles_create_the_service_user_and_folders(tmp_path: Pat
         st = (tmp_path / folder).stat()
         assert st.st_uid == uid and st.st_mode & 0o777 == 0o750, folder
     assert (tmp_path / "etc/alnnode").stat().st_uid == 0
+
+
+def test_service_config_is_valid_and_keeps_secrets_out() -> None:
+    from node.config import load_config
+
+    text = (UNITS / "alnnode.toml").read_text()
+    assert "password" not in text.split("[[destinations]]")[-1]
+    settings = load_config(UNITS / "alnnode.toml")
+    assert settings.storage.data_dir == Path("/var/lib/alnnode")
+    assert settings.retention.delivered_days == 30 and settings.storage.fsync
