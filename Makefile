@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc \
-	docker-compose kubernetes-client systemd openssl
+	docker-compose kubernetes-client systemd openssl postgresql
 CONFIG ?= deploy/alnnode.toml
 PYTEST_ARGS ?=
 
@@ -30,6 +30,7 @@ debian-tools:
 	         docker-compose:docker-compose kubectl:kubernetes-client systemd-analyze:systemd openssl:openssl; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	Rscript -e 'library(pROC)' >/dev/null 2>&1 || missing="$$missing r-cran-proc"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +24,49 @@ from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from node.config import Settings, load_config
-from node.ledger import Ledger, NewInstance, instances
+from node.ledger import Ledger, NewInstance, instances, metadata
 from node.outbox import RESULT_FILES, dispatch_results, result_dir, result_files
 from node.retention import deleted_at, retention_loop, retention_summary, run_retention
 from node.spool import Spool
-from tests.helpers import ALNNODE, ROOT, us_file
+from tests.helpers import ALNNODE, ROOT, free_port, require_tool, us_file
 
 DAY = dt.timedelta(days=1)
 
 
-def settings_for(tmp: Path, retention: str = "", destinations: tuple[str, ...] = ("pacs",)) -> Path:
+def _pg_tool(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else require_tool(name)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL cluster on a free loopback port (the scale-out ledger)."""
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    base = Path(tempfile.mkdtemp(prefix="alnnode-pg-"))
+    base.chmod(0o755)  # the postgres user must reach it (mkdtemp makes 0700)
+    data = base / "data"
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        shutil.chown(base, "postgres")
+    port = free_port()
+    try:
+        subprocess.run([*as_pg, initdb, "-D", str(data), "-A", "trust", "-U", "alnnode"], check=True, capture_output=True, timeout=120)
+        opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_pg, _pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "alnnode", "alnnode"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg://alnnode@127.0.0.1:{port}/alnnode"
+    finally:
+        subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the default SQLite ledger in data_dir; else the PostgreSQL URL of the scale-out setup."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
+def settings_for(tmp: Path, retention: str = "", destinations: tuple[str, ...] = ("pacs",), ledger_url: str | None = None) -> Path:
     dests = ""
     for name in destinations:
         folder = tmp / name  # "missing" is never created: a permanent failure
@@ -38,7 +75,8 @@ def settings_for(tmp: Path, retention: str = "", destinations: tuple[str, ...] =
         dests += f'[[destinations]]\nname = "{name}"\nkind = "folder"\npath = "{folder}"\n'
     (tmp / "data").mkdir(exist_ok=True)
     cfg = tmp / f"alnnode-{'-'.join(destinations) or 'none'}.toml"
-    cfg.write_text(f'[storage]\ndata_dir = "{tmp / "data"}"\nmin_free_mb = 1\n\n[retention]\n{retention}\n{dests}')
+    ledger = f'ledger_url = "{ledger_url}"\n' if ledger_url else ""
+    cfg.write_text(f'[storage]\ndata_dir = "{tmp / "data"}"\nmin_free_mb = 1\n{ledger}\n[retention]\n{retention}\n{dests}')
     return cfg
 
 
@@ -78,12 +116,16 @@ def files_of(settings: Settings, ledger: Ledger, uid: str) -> list[Path]:
     return [settings.storage.data_dir / "spool" / row["spool_path"], *result_files(settings, uid)]
 
 
-def test_clock_forward_deletes_delivered_keeps_undelivered(tmp_path: Path) -> None:
+def test_clock_forward_deletes_delivered_keeps_undelivered(tmp_path: Path, ledger_url: str | None) -> None:
     retention = "delivered_days = 30\nskipped_days = 7\nledger_days = 90\n"
-    settings = load_config(settings_for(tmp_path, retention))
-    two_dests = load_config(settings_for(tmp_path, retention, ("pacs", "missing")))
-    no_dests = load_config(settings_for(tmp_path, retention, ()))
+    settings = load_config(settings_for(tmp_path, retention, ledger_url=ledger_url))
+    two_dests = load_config(settings_for(tmp_path, retention, ("pacs", "missing"), ledger_url))
+    no_dests = load_config(settings_for(tmp_path, retention, (), ledger_url))
     ledger = Ledger(settings.ledger_url)
+    if ledger_url:  # one module-wide database: start from an empty ledger
+        with ledger.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
     try:
         delivered = spool_job(settings, ledger, "delivered")
         render_results(settings, ledger, delivered)
@@ -123,7 +165,7 @@ def test_clock_forward_deletes_delivered_keeps_undelivered(tmp_path: Path) -> No
         assert run_retention(settings, ledger, t0 + 32 * DAY).removed == []  # idempotent
 
         # a re-send of a deleted job is refused with one line, and the job stays dispatched
-        retry = subprocess.run([*ALNNODE, "retry", delivered, "--config", str(settings_for(tmp_path, retention))],
+        retry = subprocess.run([*ALNNODE, "retry", delivered, "--config", str(settings_for(tmp_path, retention, ledger_url=ledger_url))],
                                capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert retry.returncode == 1 and "deleted by retention" in retry.stderr and "Traceback" not in retry.stderr
         assert ledger.find(delivered)["state"] == "dispatched"  # type: ignore[index]
