@@ -27,19 +27,35 @@ def _directives(unit: str, key: str) -> list[str]:
     return [line.split("=", 1)[1] for line in (UNITS / unit).read_text().splitlines() if line.startswith(f"{key}=")]
 
 
-def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze")
+INSTANCES = ["alnnode.service", "alnnode-io-worker.service", "alnnode-worker@0.service"]
+
+
+def _units_here(tmp_path: Path) -> Path:
+    """Copies of the units whose Exec lines name an executable stand-in, and one worker instance."""
     stand_in = tmp_path / "alnnode"
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
     for name in SERVICES:
         (tmp_path / name).write_text((UNITS / name).read_text().replace(INSTALLED, str(stand_in)))
-    (tmp_path / "alnnode-worker@0.service").symlink_to(tmp_path / "alnnode-worker@.service")  # an instance
-    names = ["alnnode.service", "alnnode-io-worker.service", "alnnode-worker@0.service"]
-    out = subprocess.run([analyze, "verify", "--man=no", *names], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    (tmp_path / "alnnode-worker@0.service").symlink_to(tmp_path / "alnnode-worker@.service")
+    return tmp_path
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    out = subprocess.run([analyze, "verify", "--man=no", *INSTANCES], cwd=_units_here(tmp_path), capture_output=True, text=True, timeout=120)
     # verify exits 0 on unknown keys and bad values ("..., ignoring"): any line about our units fails
     ours = [line for line in (out.stdout + out.stderr).splitlines() if "alnnode" in line]
     assert out.returncode == 0 and not ours, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", INSTANCES)
+def test_units_exposure_is_low(tmp_path: Path, name: str) -> None:
+    """``systemd-analyze security`` scores 0 (locked down) to 10 (exposed); "OK" is below 4."""
+    analyze = require_tool("systemd-analyze")
+    out = subprocess.run([analyze, "security", "--offline=yes", "--threshold=25", name], cwd=_units_here(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert re.search(r"Overall exposure level for \S+: [0-2]\.\d OK", out.stdout), out.stdout[-300:]
 
 
 @pytest.mark.parametrize("name", SERVICES)
