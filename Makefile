@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc postgresql
+DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc \
+	docker-compose kubernetes-client systemd openssl postgresql
 CONFIG ?= deploy/alnnode.toml
 PYTEST_ARGS ?=
 
@@ -25,14 +26,16 @@ venv: $(STAMP)
 # Debian tools the tests and the demo use; installed when we are root and they are missing.
 debian-tools:
 	@missing=""; \
-	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server Rscript:r-cran-proc; do \
+	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server Rscript:r-cran-proc \
+	         docker-compose:docker-compose kubectl:kubernetes-client systemd-analyze:systemd openssl:openssl; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	Rscript -e 'library(pROC)' >/dev/null 2>&1 || missing="$$missing r-cran-proc"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "warning: missing Debian tools:$$missing (run as root or: sudo apt-get install $(DEBIAN_TOOLS))"; fi; \
 	fi
 

@@ -84,7 +84,7 @@ def run_mode(mode: str, work: Path, bundle: Path, args: argparse.Namespace) -> d
         if mode == "redis":
             for i in range(2):
                 log = open(work / f"worker{i}.log", "wb")  # noqa: SIM115
-                procs.append(subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--concurrency", "1",
+                procs.append(subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg), "--concurrency", "1",
                                                "--device", args.device], stdout=log, stderr=log, cwd=ROOT))  # fmt: skip
         ledger = Ledger(f"sqlite:///{data / 'ledger.sqlite'}")
         try:

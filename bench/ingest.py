@@ -56,7 +56,7 @@ def run_node(work: Path, files: list[Path]) -> float:
     )
     log = work / "node.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(cfg)], stdout=fh, stderr=fh, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--allow-root", "--config", str(cfg)], stdout=fh, stderr=fh, cwd=ROOT)
     try:
         wait_listening(log, proc, b"listening on")
         return push(port, files)

@@ -13,10 +13,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from node import __version__
 from node.errors import ConfigError, NodeError
 from node.ledger.states import STATES
+from node.logs import add_log_options, root_refusal
 
 # Research/compute commands: name -> module whose main(argv) runs it (imported only when used).
 WORKER_COMMANDS = {
@@ -28,10 +30,16 @@ WORKER_COMMANDS = {
 }
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, args: argparse.Namespace | None = None) -> None:
+    from node.logs import setup_logging
+
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    setup_logging(
+        level,
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_file", None),
+        max_mb=getattr(args, "log_max_mb", 50),
+        backups=getattr(args, "log_backups", 5),
     )
     if verbose == 0:
         # our own one-line messages say what failed; pynetdicom's ERROR lines would repeat it
@@ -52,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     with_config(cfg_sub.add_parser("check", help="validate and print the effective configuration"))
 
-    with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
+    sv = with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
+    sv.add_argument("--allow-root", action="store_true", help="run even as root (default: refuse)")
+    add_log_options(sv)
 
     st = with_config(sub.add_parser("status", help="job counts by state and the last jobs"))
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     rt = with_config(sub.add_parser("retry", help="re-send results (or re-run failed jobs)"))
     rt.add_argument("uid", nargs="?", metavar="UID", help="SOP Instance UID of the source loop")
     rt.add_argument("--failed", action="store_true", help="every failed job")
+
+    gc = with_config(sub.add_parser("gc", help="apply [retention]: delete delivered loops and results, prune the ledger"))
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--purge-failed", action="store_true", help="also delete failed jobs (files and ledger rows)")
+    gc.add_argument("--older-than", type=float, default=0.0, metavar="DAYS", help="with --purge-failed: only jobs failed this long ago")
+    gc.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, (_module, help_text) in WORKER_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -105,6 +121,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention_status(settings: Any, ledger: Any) -> tuple[Any, dict[str, Any]]:
+    from node.retention import disk_status, retention_summary
+
+    return disk_status(settings), retention_summary(ledger)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.ledger import Ledger, as_jsonable
@@ -116,10 +138,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     jobs = as_jsonable(ledger.last_jobs(args.last if not args.failed else 10**6, state=state))
     assocs = ledger.association_summary()
     workers = as_jsonable(ledger.live_workers(settings.queue.heartbeat_timeout))
+    disk, retention = _retention_status(settings, ledger)
     if args.json:
-        print(json.dumps({"counts": counts, "associations": assocs, "workers": workers, "last_jobs": jobs}, indent=2))
+        print(json.dumps({"counts": counts, "associations": assocs, "workers": workers, "last_jobs": jobs, "retention": retention,
+                          "disk": disk.__dict__ | {"alarm": disk.alarm}}, indent=2))  # fmt: skip
         return 0
+    print(disk.line())
     print("jobs by state: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if retention["deleted"] or retention["pruned"]:
+        deleted = ", ".join(f"{k} {v}" for k, v in sorted(retention["deleted"].items())) or "none"
+        pruned = ", ".join(f"{k} {v}" for k, v in sorted(retention["pruned"].get("instances", {}).items())) or "none"
+        print(f"retention: files deleted of {deleted} job(s); pruned from the ledger: {pruned}")
     print("associations: " + (", ".join(f"{k} {v}" for k, v in sorted(assocs.items())) or "none"))
     print("live workers: " + (", ".join(f"{w['id']} ({w['queues']})" for w in workers) or "none"))
     if jobs:
@@ -134,6 +163,40 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {j['sop_instance_uid']:<64} {j['state']:<10} {j['frames'] or '':>6}  {reason}")
     elif args.failed:
         print("no failed jobs")
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.ledger import Ledger
+    from node.retention import run_retention
+
+    if args.older_than < 0:
+        raise NodeError(f"--older-than {args.older_than}: must be >= 0 days")
+    settings = load_config(args.config)
+    if not settings.storage.data_dir.is_dir():
+        raise NodeError(f"[storage] data_dir {str(settings.storage.data_dir)!r} does not exist: nothing to clean up")
+    ledger = Ledger(settings.ledger_url)
+    cfg = settings.retention
+    report = run_retention(settings, ledger, dry_run=args.dry_run, purge_failed=args.purge_failed, purge_older_than_days=args.older_than)
+    if args.json:
+        out = {
+            "dry_run": report.dry_run,
+            "removed": [{**r.__dict__, "since": r.since.isoformat()} for r in report.removed],
+            "pruned": report.pruned,
+            "kept": report.kept,
+            "disk": {**(report.disk.__dict__ if report.disk else {}), "alarm": bool(report.disk and report.disk.alarm)},
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    if cfg.delivered_days is None and cfg.skipped_days is None and cfg.ledger_days is None and not args.purge_failed:
+        print("retention is off: set [retention] delivered_days (and skipped_days, ledger_days) to delete anything")
+    verb = "would delete" if args.dry_run else "deleted"
+    for r in report.removed:
+        print(f"{verb} {r.sop_instance_uid} ({r.state}, {r.reason} since {r.since:%Y-%m-%d %H:%M}, {r.bytes / 1e6:.1f} MB)")
+    print(report.summary())
+    if report.disk is not None:
+        print(report.disk.line())
     return 0
 
 
@@ -182,6 +245,10 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         row = ledger.find(args.uid)
         if row is None:
             raise NodeError(f"no job with SOP Instance UID {args.uid!r} in the ledger")
+        from node.retention import deleted_at
+
+        if gone := deleted_at(ledger, args.uid):
+            raise NodeError(f"{args.uid}: loop and results were deleted by retention ({gone[1]}) on {gone[0]:%Y-%m-%d %H:%M} UTC; nothing to re-send")
         rows = [row]
     bad = 0
     broker = Broker(settings)
@@ -228,7 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not word.startswith("-"):
             break
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    if args.command == "serve" and (refusal := root_refusal(args.allow_root, "alnnode serve")):
+        print(refusal, file=sys.stderr)
+        return 2
+    try:
+        _setup_logging(args.verbose, args)
+    except ValueError as exc:  # --log-file not writable, bad rotation values
+        print(f"alnnode: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve" and args.allow_root and os.geteuid() == 0:
+        logging.getLogger("node.cli").warning("running as root (--allow-root): use a service user in production")
     handlers = {
         "config": _cmd_config_check,
         "serve": _cmd_serve,
@@ -236,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "echo": _cmd_echo,
         "send": _cmd_send,
         "retry": _cmd_retry,
+        "gc": _cmd_gc,
     }
     try:
         return handlers[args.command](args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -201,6 +202,23 @@ class ModelSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
+class RetentionSection(_Section):
+    """What ``alnnode gc`` and the node's scheduled clean-up delete (node/retention.py). Off by default."""
+
+    # Days after the last destination acknowledged a job's results (PS3.7 C-STORE success or an
+    # HTTP 2xx) before its spooled loop and result objects are deleted; unset: keep forever.
+    delivered_days: float | None = Field(None, ge=0)
+    # Days after an object was skipped (not routed to the model) before its spool file is deleted.
+    skipped_days: float | None = Field(None, ge=0)
+    # Days after a job's last change before the ledger rows of a job whose files are gone are
+    # pruned (counts per month and state are kept); unset: keep the rows forever.
+    ledger_days: float | None = Field(None, ge=0)
+    # Free space under data_dir below which `alnnode status` (and the node's log) raise an alarm;
+    # keep it above [storage] min_free_mb, where C-STORE starts answering 0xA700.
+    disk_alarm_mb: int = Field(2048, ge=0)
+    interval_minutes: float = Field(60.0, gt=0)  # how often the node runs the clean-up
+
+
 class Settings(BaseSettings):
     """The whole configuration; sections mirror the TOML file."""
 
@@ -214,6 +232,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = []
     queue: QueueSection = QueueSection()
     model: ModelSection = ModelSection()
+    retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
@@ -296,6 +315,16 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     return Settings.model_validate(loaded.model_dump())
 
 
+def mask_url(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL's password is never printed (ledger and broker URLs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
 def effective_toml(settings: Settings) -> str:
     """Render the effective configuration as TOML (secrets masked) for ``alnnode config check``."""
 
@@ -313,16 +342,18 @@ def effective_toml(settings: Settings) -> str:
                 continue
             if key in ("password", "token"):
                 value = "***"
+            elif key in ("ledger_url", "broker_url"):
+                value = mask_url(str(value))
             lines.append(f"{key} = {scalar(value)}")
         return lines + [""]
 
     dumped = settings.model_dump()
     out: list[str] = []
-    for section in ("node", "storage", "queue", "model"):
+    for section in ("node", "storage", "queue", "model", "retention"):
         out += table(f"[{section}]", dumped[section])
     for peer in dumped["peers"]:
         out += table("[[peers]]", peer)
     for dest in dumped["destinations"]:
         out += table("[[destinations]]", dest)
-    out.insert(0, f"# ledger: {settings.ledger_url}")
+    out.insert(0, f"# ledger: {mask_url(settings.ledger_url)}")
     return "\n".join(out)

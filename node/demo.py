@@ -190,7 +190,7 @@ def main() -> int:
     log = OUT / "node.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as fh:
-        node = subprocess.Popen([sys.executable, "-m", "node.cli", "-v", "serve", "--config", str(config)], stdout=fh, stderr=fh, cwd=ROOT, env=env)
+        node = subprocess.Popen([sys.executable, "-m", "node.cli", "-v", "serve", "--allow-root", "--config", str(config)], stdout=fh, stderr=fh, cwd=ROOT, env=env)
     ledger: Ledger | None = None
     try:
         wait_listening(log, node)

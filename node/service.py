@@ -1,7 +1,8 @@
 """Run the node: open spool and ledger, recover, listen, and run the job plane until SIGTERM/SIGINT.
 
 Threads of ``alnnode serve``: the DICOM listener (its handlers only record), the publisher (routes and
-sends recorded jobs), the reaper (recovery by worker liveness) and, in the embedded default, the
+sends recorded jobs), the reaper (recovery by worker liveness), retention (``[retention]``, every
+``interval_minutes``) and, in the embedded default, the
 supervisor of the node's own worker processes (restarted when they die, killed with the node).
 SIGTERM/SIGINT drain: stop accepting, let running associations finish (up to ``DRAIN_SECONDS``),
 stop the workers after their current task. SIGHUP is logged and ignored (no live reload yet).
@@ -27,6 +28,7 @@ from node.queue import Broker
 from node.reaper import Publisher, Reaper, resend_claims_of
 from node.receive.recover import recover
 from node.receive.scp import Receiver
+from node.retention import retention_loop
 from node.route import BundleSummary, check_bundle
 from node.spool import Spool
 from node.supervise import Supervisor
@@ -53,6 +55,7 @@ class Node:
     reaper: Reaper | None = None
     supervisor: Supervisor | None = None
     extra_worker_args: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def open(cls, settings: Settings, config_path: str | os.PathLike[str] | None = None) -> Node:
@@ -83,10 +86,12 @@ class Node:
         host = socket.gethostname()
         for i in range(q.embedded_workers):
             name = f"alnnode-embedded{i}@{host}-{os.getpid()}"
-            cmd = [sys.executable, "-m", "node.cli", "worker", "--child", "--queues", "gpu,io", "--concurrency", "1", "--name", name]
+            cmd = [sys.executable, "-m", "node.cli", "worker", "--child", "--queues", "gpu,io", "--concurrency", "1", "--name", name,
+                   "--log-file", str(logs / f"worker{i}.log"), *(["--allow-root"] if os.geteuid() == 0 else [])]  # fmt: skip
             if self.config_path:
                 cmd += ["--config", str(self.config_path)]
-            self.supervisor.add(name, cmd + self.extra_worker_args, log=logs / f"worker{i}.log")
+            # logging goes to the rotated worker{i}.log; what a library prints (Celery's banner) to worker{i}.out
+            self.supervisor.add(name, cmd + self.extra_worker_args, log=logs / f"worker{i}.out")
         self.supervisor.start()
         logger.info("%d embedded worker(s) under supervision (logs in %s)", q.embedded_workers, logs)
 
@@ -101,6 +106,7 @@ class Node:
         assert self.publisher is not None and self.reaper is not None
         self.publisher.start()
         self.reaper.start()
+        threading.Thread(target=retention_loop, args=(self.settings, self.ledger, self._stop), name="alnnode-retention", daemon=True).start()
         self.server = self.receiver.start(block=False)
         host, port = self.server.server_address[:2]
         if self.bundle is not None:
@@ -123,6 +129,7 @@ class Node:
             assoc.abort()
 
     def stop(self) -> None:
+        self._stop.set()
         self.drain()
         for thread in (self.publisher, self.reaper):
             if thread is not None:

@@ -124,7 +124,7 @@ class NodeProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*ALNNODE, "-v", "serve", "--config", str(self.config)], stdout=log, stderr=log, cwd=ROOT, env=env)
+            self.proc = subprocess.Popen([*ALNNODE, "-v", "serve", "--allow-root", "--config", str(self.config)], stdout=log, stderr=log, cwd=ROOT, env=env)
         # Readiness from the node's own "listening on" line: a bare TCP probe would hold an
         # association slot open until the ACSE timeout.
         wait_for(lambda: b"listening on" in self.log.read_bytes()[offset:] or self.proc is None or self.proc.poll() is not None, 60, what="node to listen")

@@ -20,6 +20,7 @@ from typing import Any
 
 from node.config import Settings, load_config
 from node.errors import ConfigError
+from node.logs import add_log_options, root_refusal, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="worker name (default alnnode-<queues>@<host>-<pid>)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--allow-root", action="store_true", help="run even as root (default: refuse)")
+    add_log_options(p)
     return p
 
 
@@ -43,7 +46,12 @@ def _fail(message: str) -> int:
 
 def child_command(args: argparse.Namespace, queues: list[str], name: str) -> list[str]:
     cmd = [sys.executable, "-m", "node.cli", "worker", "--child", "--queues", ",".join(queues),
-           "--concurrency", str(args.concurrency), "--name", name, "--loglevel", args.loglevel]  # fmt: skip
+           "--concurrency", str(args.concurrency), "--name", name, "--loglevel", args.loglevel,
+           "--log-format", args.log_format, "--log-max-mb", str(args.log_max_mb), "--log-backups", str(args.log_backups)]  # fmt: skip
+    if args.allow_root:
+        cmd.append("--allow-root")
+    if args.log_file:
+        cmd += ["--log-file", args.log_file]
     if args.config:
         cmd += ["--config", args.config]
     if args.device:
@@ -83,7 +91,24 @@ def _supervise(settings: Settings, args: argparse.Namespace, queues: list[str], 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger().setLevel(args.loglevel.upper())
+    if refusal := root_refusal(args.allow_root, "alnnode worker"):
+        print(refusal, file=sys.stderr)
+        return 2
+    try:
+        level = logging.getLevelName(args.loglevel.upper())
+        setup_logging(level if isinstance(level, int) else logging.INFO, args.log_format, args.log_file,
+                      max_mb=args.log_max_mb, backups=args.log_backups)
+    except ValueError as exc:
+        print(f"alnnode worker: {exc}", file=sys.stderr)
+        return 2
+    if args.allow_root and os.geteuid() == 0:
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        # asked for with --allow-root: one line of ours instead of Celery's banner-sized warning
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        logger.warning("running as root (--allow-root): use a service user in production")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     bad = [q for q in queues if q not in ("gpu", "io")]
     if bad or not queues:
