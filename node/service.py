@@ -61,7 +61,7 @@ class Node:
     def open(cls, settings: Settings, config_path: str | os.PathLike[str] | None = None) -> Node:
         bundle = check_bundle(settings)  # refuses research-only models unless allowed
         settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        spool = Spool(settings.storage.data_dir, fsync=settings.storage.fsync)
+        spool = Spool(settings.storage.data_dir, fsync=settings.storage.fsync, edge=f"{socket.gethostname()}-{settings.node.port}")
         ledger = Ledger(settings.ledger_url)
         receiver = Receiver(settings, spool, ledger)
         node = cls(settings, spool, ledger, receiver, bundle, Path(config_path) if config_path else None)

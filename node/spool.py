@@ -61,6 +61,9 @@ class Spool:
 
     data_dir: Path
     fsync: bool = True
+    # Edges sharing one data dir (scale-out) each stream into their own incoming/<edge>/ folder, so the
+    # start-up clean-up of one never removes another's transfers in progress.
+    edge: str = ""
 
     @property
     def root(self) -> Path:
@@ -68,7 +71,7 @@ class Spool:
 
     @property
     def incoming(self) -> Path:
-        return self.data_dir / "incoming"
+        return self.data_dir / "incoming" / self.edge if self.edge else self.data_dir / "incoming"
 
     def prepare(self) -> int:
         """Create the folders and remove temp debris of interrupted associations; returns files removed."""
@@ -76,7 +79,8 @@ class Spool:
         self._make_dirs(self.root)
         self._make_dirs(self.incoming)
         removed = 0
-        for entry in self.incoming.iterdir():
+        legacy = [e for e in (self.data_dir / "incoming").iterdir() if e.is_file()] if self.edge else []
+        for entry in [*self.incoming.iterdir(), *legacy]:  # legacy: temp files of versions before per-edge folders
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:

@@ -30,7 +30,7 @@ class DefaultNode:
         return self.proc.proc is not None and self.proc.proc.poll() is None
 
     def incoming(self) -> list[Path]:
-        return list(Spool(self.data).incoming.iterdir())
+        return [p for p in (Spool(self.data).incoming).rglob("*") if p.is_file()]  # every edge's folder
 
     def ledger(self) -> Ledger:
         return Ledger(f"sqlite:///{self.data / 'ledger.sqlite'}")
