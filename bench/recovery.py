@@ -96,7 +96,7 @@ def broker_outage(work: Path, bundle: Path, runs: int) -> tuple[list[float], lis
     cfg, port, data = config(work, bundle, orthanc, redis.url)
     node = NodeProcess(cfg, port, work / "node.log").start()
     with open(work / "worker.log", "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--config", str(cfg)], stdout=out, stderr=out,
+        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg)], stdout=out, stderr=out,
                                   cwd=ROOT, start_new_session=True)  # fmt: skip
     ledger = Ledger(f"sqlite:///{data / 'ledger.sqlite'}")
     plain, faulted = [], []

@@ -28,7 +28,7 @@ def test_redis_down_60_s_during_a_burst_of_20_loops(orthanc: OrthancServer, smal
     node = NodeProcess(cfg, port, tmp_path / "node.log").start()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "worker.log", "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--queues", "gpu,io"],
+        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg), "--queues", "gpu,io"],
                                   stdout=out, stderr=out, cwd=ROOT, env=env, start_new_session=True)  # fmt: skip
     try:
         ledger = ledger_of(data)

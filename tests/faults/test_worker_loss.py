@@ -68,7 +68,7 @@ def test_embedded_worker_killed_mid_classify_delivers_one_sr_within_60_s(orthanc
 
 def _worker(cfg: Path, log: Path, name: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--queues", "gpu,io", "--concurrency", "1", "--name", name]
+    cmd = [sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg), "--queues", "gpu,io", "--concurrency", "1", "--name", name]
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT, env=env, start_new_session=True)
 
