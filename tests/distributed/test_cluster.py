@@ -105,7 +105,7 @@ def test_two_edges_three_workers_postgres_redis(orthanc: OrthancServer, small_bu
         for s in senders:
             s.join(420)
         assert len(acked) == 40, f"every loop acknowledged in the end ({len(acked)})"
-        wait_for(lambda: all((r := ledger.find(u)) is not None and r["state"] in ("dispatched", "failed") for u in acked), 420, 1.0,
+        wait_for(lambda: all((r := ledger.find(u)) is not None and r["state"] in ("dispatched", "failed") for u in acked), 600, 1.0,
                  what="every acknowledged loop to finish")  # fmt: skip
         elapsed = time.monotonic() - t0
         states = {u: ledger.find(u)["state"] for u in acked}  # type: ignore[index]
