@@ -348,3 +348,28 @@ def test_instance_over_max_instance_mb_is_refused(tmp_path: Path) -> None:
                        limits=Limits(max_instance_bytes=2**20))
     assert info.value.status == 0xA700
     assert info.value.reason == f"instance is {src.stat().st_size} bytes, over max_instance_mb = 1"
+
+
+def test_unknown_callers_never_take_the_reserved_peer_slots(tmp_path: Path) -> None:
+    from node.config import NodeSection
+
+    port = free_port()
+    cfg = write_config(tmp_path / "c.toml", port=port, data_dir=tmp_path / "var")  # max_associations = 4
+    cfg.write_text(cfg.read_text().replace("reject_unknown_callers = true", "reject_unknown_callers = false"))
+    proc = NodeProcess(cfg, port, tmp_path / "node.log").start()
+    held = []
+    try:
+        unknown_slots = 4 - NodeSection().reserved_peer_slots
+        for i in range(unknown_slots + 1):
+            ae = AE(ae_title=f"GUEST{i}")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            held.append(ae.associate("127.0.0.1", port, ae_title="ALN_AI"))
+        assert [a.is_established for a in held] == [True] * unknown_slots + [False]
+        rj = held[-1].acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+        assert_serving(port)  # a configured peer gets a reserved slot
+    finally:
+        for a in held:
+            if a.is_established:
+                a.release()
+        proc.stop()
