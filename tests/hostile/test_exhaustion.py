@@ -164,3 +164,24 @@ def test_wrong_application_context_and_no_contexts_are_rejected(default_node: De
     rj = w.read_pdu()
     assert rj is not None and rj.kind == 0x03 and rj.body[1:4] == b"\x01\x01\x01"
     w.close()
+
+
+def test_sweep_removes_temp_files_older_than_the_dimse_timeout(tmp_path: Path) -> None:
+    import os
+
+    from node.config import load_config
+    from node.ledger import Ledger
+    from node.receive.scp import Receiver
+    from node.spool import Spool
+
+    settings = load_config(None, storage={"data_dir": str(tmp_path)})
+    spool = Spool(tmp_path)
+    spool.prepare()
+    receiver = Receiver(settings, spool, Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}"))
+    old, fresh = spool.incoming / "rx-old.dcm", spool.incoming / "rx-fresh.dcm"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    past = time.time() - settings.node.dimse_timeout - 1
+    os.utime(old, (past, past))
+    assert receiver.sweep_incoming(force=True) == 1
+    assert sorted(p.name for p in spool.incoming.iterdir()) == ["rx-fresh.dcm"]

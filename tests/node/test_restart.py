@@ -100,5 +100,16 @@ def test_hostile_study_uid_refused_and_postgres_node_restarts(postgres_url: str,
         assert ledger.find(str(ds.SOPInstanceUID)) is not None
         assert ledger.find(str(hostile.SOPInstanceUID)) is None
         assert send_file(port, good, US_IMAGE).Status == 0x0000  # duplicate, acknowledged
+        # Calling AE titles PostgreSQL could not store (NUL, control characters): pynetdicom aborts
+        # the undecodable ones, anything else is made printable before any ledger write.
+        from tests.hostile.wire import Wire
+
+        for calling in ("EV\x00I\x07L", "UNKNOWN~{}"):
+            w = Wire(port)
+            answer = w.associate(calling)
+            w.close()
+            assert answer is not None and answer.kind in (0x03, 0x07)
+        assert Ledger(postgres_url).association_summary().get("rejected", 0) >= 1
+        assert node.proc is not None and node.proc.poll() is None
     finally:
         node.stop()

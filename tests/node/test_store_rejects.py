@@ -317,3 +317,59 @@ def test_unknown_caller_rejected_while_the_ledger_is_down(node_proc: NodeProcess
         assert_serving(node_proc.port)  # a configured peer still gets its echo answered
     finally:
         _trigger(node_env[2], "associations", False)
+
+
+def test_deflated_object_is_accepted(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    from node.ledger import Ledger
+
+    ds = dcmread(us_file("US1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    rsp = send_file(node_proc.port, path, US_IMAGE, DeflatedExplicitVRLittleEndian)
+    assert rsp.Status == 0x0000
+    row = Ledger(f"sqlite:///{node_env[2] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
+    assert row is not None and row["transfer_syntax_uid"] == DeflatedExplicitVRLittleEndian
+    assert list(Spool(node_env[2]).incoming.iterdir()) == []
+
+
+def test_instance_over_max_instance_mb_is_refused(tmp_path: Path) -> None:
+    """The limit itself, in-process (sending 2 GiB through loopback to test the default is not a unit test)."""
+    from node.errors import StoreRejected
+    from node.receive.validate import Limits, check_received
+
+    src = us_file("color3d_jpeg_baseline.dcm")  # 6 MB
+    with pytest.raises(StoreRejected) as info:
+        check_received(src, context_sop_class=US_MF, transfer_syntax=JPEG_BASELINE, affected_sop_instance=None,
+                       limits=Limits(max_instance_bytes=2**20))
+    assert info.value.status == 0xA700
+    assert info.value.reason == f"instance is {src.stat().st_size} bytes, over max_instance_mb = 1"
+
+
+def test_unknown_callers_never_take_the_reserved_peer_slots(tmp_path: Path) -> None:
+    from node.config import NodeSection
+
+    port = free_port()
+    cfg = write_config(tmp_path / "c.toml", port=port, data_dir=tmp_path / "var")  # max_associations = 4
+    cfg.write_text(cfg.read_text().replace("reject_unknown_callers = true", "reject_unknown_callers = false"))
+    proc = NodeProcess(cfg, port, tmp_path / "node.log").start()
+    held = []
+    try:
+        unknown_slots = 4 - NodeSection().reserved_peer_slots
+        for i in range(unknown_slots + 1):
+            ae = AE(ae_title=f"GUEST{i}")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            held.append(ae.associate("127.0.0.1", port, ae_title="ALN_AI"))
+        assert [a.is_established for a in held] == [True] * unknown_slots + [False]
+        rj = held[-1].acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+        assert_serving(port)  # a configured peer gets a reserved slot
+    finally:
+        for a in held:
+            if a.is_established:
+                a.release()
+        proc.stop()
