@@ -29,11 +29,13 @@ from node.route import skip_reason
 logger = logging.getLogger(__name__)
 
 
-def resend_claims_of(ledger: Ledger, broker: Broker, worker_id: str | None, reason: str | None = None) -> list[str]:
-    """A worker is known dead (``None``: every worker is): release its claims and send their stages
-    again now; returns the UIDs."""
+def resend_claims_of(
+    ledger: Ledger, broker: Broker, worker_id: str | None, reason: str | None = None, *, forget_worker: bool = True
+) -> list[str]:
+    """A worker (or one pool process ``worker/pid``) is known dead (``None``: every worker is): release
+    its claims and send their stages again now; returns the UIDs."""
     rows = ledger.release_claims(worker_id)
-    if worker_id is not None:
+    if worker_id is not None and forget_worker:
         ledger.remove_worker(worker_id)
     uids = []
     for row in rows:

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
@@ -71,6 +72,19 @@ def _pool_process_init(**_kwargs: Any) -> None:
 _last_received = time.monotonic()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except (OSError, IndexError):
+        return False
+
+
 @signals.task_received.connect
 def _received(**_kwargs: Any) -> None:
     global _last_received
@@ -92,6 +106,17 @@ class WorkerBeat(threading.Thread):
         self.ctx.ledger.worker_heartbeat(
             self.ctx.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.ctx.queues)
         )
+        self.release_dead_pool_processes()
+
+    def release_dead_pool_processes(self) -> None:
+        """A pool process of ours that died mid-stage (OOM killer, segfault, a loop that kills it) left its
+        claim: hand the job back now instead of after the heartbeat timeout (the attempt stays counted)."""
+        from node.reaper import resend_claims_of
+
+        for row in self.ctx.ledger.claims_of(self.ctx.worker_id):
+            pid = int(str(row["claimed_by"]).rsplit("/", 1)[1])
+            if not _alive(pid):
+                resend_claims_of(self.ctx.ledger, self.broker, str(row["claimed_by"]), forget_worker=False)
 
     def stalled(self) -> str | None:
         """Why the consumer counts as stopped, or None: idle, with messages waiting in one of its

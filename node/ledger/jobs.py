@@ -198,6 +198,16 @@ class JobsMixin:
                     released.append(row)
         return released
 
+    def claims_of(self, worker_id: str) -> list[dict[str, Any]]:
+        """Unfinished jobs claimed by the pool processes of ``worker_id`` (claimant ``worker_id/pid``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(instances).where(
+                    instances.c.claimed_by.startswith(worker_id + "/"), instances.c.state.not_in(list(FINISHED_STATES))
+                )
+            )
+            return [dict(r._mapping) for r in rows]
+
     def waiting(self) -> list[dict[str, Any]]:
         """Unclaimed jobs waiting for a stage (oldest first): messages the queue should hold."""
         with self.engine.connect() as conn:

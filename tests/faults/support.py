@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import time
@@ -93,15 +94,21 @@ def source_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def store(port: int, *files: Path, aet: str = "US_ROOM1", flag: str = "-xy") -> list[bool]:
-    """C-STORE each file in its own storescu run; True per file when the node answered success."""
+def store_responses(port: int, *files: Path, aet: str = "US_ROOM1", flag: str = "-xy") -> list[str]:
+    """C-STORE each file in its own storescu run; the status text storescu printed per file ("" for none)."""
     exe = require_tool("storescu")
     results = []
     for f in files:
         out = subprocess.run([exe, "-v", flag, "-aet", aet, "-aec", "ALN_AI", "127.0.0.1", str(port), str(f)],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        results.append("Received Store Response (Success)" in out.stdout + out.stderr)
+        found = re.search(r"Received Store Response \((.*)\)", out.stdout + out.stderr)
+        results.append(found.group(1) if found else "")
     return results
+
+
+def store(port: int, *files: Path, aet: str = "US_ROOM1", flag: str = "-xy") -> list[bool]:
+    """C-STORE each file in its own storescu run; True per file when the node answered success."""
+    return [r == "Success" for r in store_responses(port, *files, aet=aet, flag=flag)]
 
 
 def alnnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
