@@ -1,16 +1,15 @@
 """The DICOM SCP: association policy, C-ECHO and C-STORE (PS3.4 Annex A and B).
 
-Handlers do I/O only: check, spool, record, then answer. A C-STORE success (0x0000) is sent only
-after the object is fsync'd in the spool and its row is committed in the ledger; when the ledger
-cannot be written the answer is 0x0110 and nothing is left in the spool (fail closed).
-Connection-level limits (pending sockets, PDU sizes) live in ``node.receive.guard``.
+Handlers do I/O only. This module decides who may associate (AE titles, application context,
+association slots per host and reserved for peers) and keeps every association's ledger row and temp
+files in step with its end; the C-STORE service itself is ``node.receive.store``, connection-level
+limits (pending sockets, PDU sizes) are ``node.receive.guard``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,9 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 
 from node.config import Settings
-from node.errors import STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
+from node.errors import STATUS_SUCCESS
 from node.ledger import Ledger
 from node.receive.contexts import (
     STORAGE_SOP_CLASSES,
@@ -38,7 +36,7 @@ from node.receive.guard import (
     ticker,
     wake_pending,
 )
-from node.receive.validate import Limits, check_received
+from node.receive.store import Storer, printable
 from node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -51,19 +49,6 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 TICK_SECONDS = 0.25
-
-
-def _status(status: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:64]  # LO, PS3.7 C.4.2.1.1
-    return ds
-
-
-def ledger_text(value: object, limit: int) -> str:
-    """A peer-supplied string fit for a ledger column: printable ASCII, at most ``limit`` chars."""
-    text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in str(value or "").strip(" \x00"))
-    return text[:limit]
 
 
 @dataclass
@@ -83,25 +68,21 @@ class Receiver:
     ledger: Ledger
     on_stored: Callable[[str], None] | None = None  # enqueue hook, called with the SOP Instance UID
     _assocs: dict[int, _Assoc] = field(default_factory=dict)
-    _in_use: set[Path] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _last_sweep: float = 0.0
+    storer: Storer = field(init=False)
 
-    @property
-    def limits(self) -> Limits:
-        node = self.settings.node
-        return Limits(
-            max_instance_bytes=node.max_instance_mb * 2**20,
-            max_inflated_bytes=node.max_inflated_mb * 2**20,
-            max_frames=node.max_frames,
-        )
+    def __post_init__(self) -> None:
+        self.storer = Storer(self.settings, self.spool, self.ledger)
+
+    def sweep_incoming(self, force: bool = False) -> int:
+        return self.storer.sweep_incoming(force)
 
     # -- association policy -----------------------------------------------------------------
     def _peer(self, assoc: Association) -> tuple[str, str, str, int]:
         rq = assoc.requestor.primitive
-        calling = ledger_text(getattr(rq, "calling_ae_title", ""), 16)
-        called = ledger_text(getattr(rq, "called_ae_title", ""), 16)
-        return calling, called, ledger_text(assoc.requestor.address, 64), int(assoc.requestor.port or 0)
+        calling = printable(getattr(rq, "calling_ae_title", ""), 16)
+        called = printable(getattr(rq, "called_ae_title", ""), 16)
+        return calling, called, printable(assoc.requestor.address, 64), int(assoc.requestor.port or 0)
 
     def policy(self, calling: str, called: str, host: str) -> tuple[tuple[int, int, int], str] | None:
         """Return (reject code, reason) when the association must be refused, else None."""
@@ -255,125 +236,15 @@ class Receiver:
         for assoc in ended:
             self._close(assoc, "closed")
 
-    def sweep_incoming(self, force: bool = False) -> int:
-        """Remove temp files untouched for longer than the DIMSE timeout; returns how many."""
-        now = time.time()
-        timeout = self.settings.node.dimse_timeout
-        if not force and now - self._last_sweep < min(timeout / 4, 15.0):
-            return 0
-        self._last_sweep = now
-        removed = 0
-        with self._lock:
-            busy = set(self._in_use)
-        for entry in self.spool.incoming.iterdir():
-            try:
-                if entry in busy or not entry.is_file() or now - entry.stat().st_mtime < timeout:
-                    continue
-                entry.unlink()
-                removed += 1
-            except FileNotFoundError:
-                continue
-        if removed:
-            logger.warning("removed %d stale temp file(s) from %s", removed, self.spool.incoming)
-        return removed
-
     # -- DIMSE services ---------------------------------------------------------------------
     def handle_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
-        request = cast(C_STORE, event.request)
-        temp = Path(event.dataset_path)
         with self._lock:
             state = self._assocs.get(id(event.assoc))
-            self._in_use.add(temp)
         aid = state.aid if state is not None else None
-        size = temp.stat().st_size if temp.exists() else 0
-        try:
-            status = self._store(event, temp, aid)
-        except StoreRejected as rej:
-            logger.warning(
-                "C-STORE %s refused with 0x%04X: %s",
-                ledger_text(request.AffectedSOPInstanceUID, 80),
-                rej.status,
-                rej.reason,
-            )
-            status = _status(rej.status, rej.reason)
-        except Exception:  # a bug must not leave the sender with a success or us with debris
-            logger.exception("C-STORE %s: handler error", ledger_text(request.AffectedSOPInstanceUID, 80))
-            status = _status(STATUS_PROCESSING_FAILURE, "internal error while storing; not stored")
-        finally:
-            self.spool.discard(temp)  # committed objects were renamed away; anything else goes
-            with self._lock:
-                self._in_use.discard(temp)
-        ok = status == STATUS_SUCCESS
-        if aid is not None:
-            try:
-                self.ledger.count_store(aid, size, ok=ok)
-            except Exception as exc:
-                logger.error("association %d: store not counted: %s", aid, exc)
-        return status
-
-    def _store(self, event: evt.Event, temp: Path, aid: int | None) -> int | Dataset:
-        floor = self.settings.storage.min_free_mb
-        if floor and self.spool.free_mb() < floor:
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"free disk below {floor} MB in the data dir")
-        cx = event.context
-        request = cast(C_STORE, event.request)
-        info = check_received(
-            temp,
-            context_sop_class=str(cx.abstract_syntax),
-            transfer_syntax=str(cx.transfer_syntax),
-            affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
-            affected_sop_class=str(request.AffectedSOPClassUID or ""),
-            limits=self.limits,
-        )
-        uid = info.sop_instance_uid
-        try:
-            known = self.ledger.find(uid)
-        except Exception as exc:
-            logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-            return _status(STATUS_PROCESSING_FAILURE, "ledger unavailable; not stored")
-        if known is not None:
-            self._note_duplicate(uid)
-            logger.info("C-STORE %s: duplicate of an instance already received, acknowledged", uid)
-            return STATUS_SUCCESS
-        try:
-            rel, new = self.spool.commit(temp, uid)
-        except OSError as exc:
-            logger.error("C-STORE %s: cannot spool: %s", uid, exc)
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror}") from None
-        row = info.ledger_row(rel, calling_ae=self._peer(event.assoc)[0] or None, association_id=aid)
-        try:
-            iid = self.ledger.add_instance(row)
-        except Exception as exc:  # fail closed: nothing unrecorded stays in the spool
-            logger.error("C-STORE %s: ledger write failed, not stored: %s", uid, exc)
-            if new:
-                self.spool.remove(rel)
-            return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-        if iid is None:  # the ledger says "already recorded": make sure, never acknowledge unrecorded data
-            try:
-                recorded = self.ledger.find(uid) is not None
-            except Exception as exc:
-                logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-                recorded = False
-            if not recorded:
-                logger.error("C-STORE %s: the ledger refused the row, not stored", uid)
-                if new:
-                    self.spool.remove(rel)
-                return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-            self._note_duplicate(uid)
-            return STATUS_SUCCESS
-        logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)
-        if self.on_stored is not None:
-            self.on_stored(uid)
-        return STATUS_SUCCESS
-
-    def _note_duplicate(self, uid: str) -> None:
-        try:
-            self.ledger.note_duplicate(uid)
-        except Exception as exc:  # the instance itself is recorded: the success stands
-            logger.error("C-STORE %s: duplicate not counted: %s", uid, exc)
+        return self.storer.handle(event, aid, self._peer(event.assoc)[0] or None, self.on_stored)
 
     # -- the AE -------------------------------------------------------------------------------
     def build_ae(self) -> AE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,22 @@ def test_too_many_associations_rejected_transiently(tmp_path: Path, n: int) -> N
 
 
 # -- validation before spooling (issue #11): exact status and Error Comment per case -------------
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """One node for the validation cases (each case sends fresh UIDs): (port, data dir)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    port, data = free_port(), tmp / "var"
+    proc = NodeProcess(write_config(tmp / "c.toml", port=port, data_dir=data), port, tmp / "node.log").start()
+    yield port, data
+    proc.stop()
+
+
+def assert_not_stored(data: Path, uid: str) -> None:
+    spool = Spool(data)
+    assert not spool.path_of(spool.relpath(uid)).exists()
+    assert list(spool.incoming.iterdir()) == []
+
+
 def encoded(ds: Dataset) -> bytes:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
@@ -223,46 +240,46 @@ LONG_UID = "1.2.840." + "1" * 73  # 81 characters: digits and dots, but over the
     ],
     ids=["study-81", "series-chars", "frame-of-reference", "study-missing", "frames-empty", "frames-missing", "frames-1.5", "frames-121", "frames-max"],
 )
-def test_validation_case(node_proc: NodeProcess, node_env: tuple[Path, int, Path], changes: dict[str, object], status: int, comment: str) -> None:
+def test_validation_case(shared_node: tuple[int, Path], changes: dict[str, object], status: int, comment: str) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid values we mean to send
         ds = us_mf(**changes)
         data = encoded(ds)
-    got, text = send_raw(node_proc.port, data, context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    got, text = send_raw(shared_node[0], data, context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
     assert (got, text) == (status, comment[:64])  # Error Comment is LO: the first 64 characters
-    assert_nothing_left(node_env[2])
+    assert_not_stored(shared_node[1], str(ds.SOPInstanceUID))
 
 
-def test_referenced_uid_inside_a_sequence_is_checked(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+def test_referenced_uid_inside_a_sequence_is_checked(shared_node: tuple[int, Path]) -> None:
     ref = Dataset()
     ref.ReferencedSOPClassUID = US_MF
     ref.ReferencedSOPInstanceUID = "1.2.3.abc"
     ds = us_mf(ReferencedImageSequence=[ref])
-    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    status, comment = send_raw(shared_node[0], encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_MF, instance=str(ds.SOPInstanceUID))
     assert status == 0xC000
     assert comment == "ReferencedSOPInstanceUID (0008,1155): invalid UID '1.2.3.abc' in"  # LO: 64 chars
-    assert_nothing_left(node_env[2])
+    assert_not_stored(shared_node[1], str(ds.SOPInstanceUID))
 
 
-def test_command_sop_class_must_match_the_context(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+def test_command_sop_class_must_match_the_context(shared_node: tuple[int, Path]) -> None:
     ds = us_mf()
-    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_IMAGE, instance=str(ds.SOPInstanceUID))
+    status, comment = send_raw(shared_node[0], encoded(ds), context=US_MF, ts=JPEG_BASELINE, command_class=US_IMAGE, instance=str(ds.SOPInstanceUID))
     assert status == 0xA900
     assert comment == f"AffectedSOPClassUID {US_IMAGE} differs from context {US_MF}"[:64]
-    assert_nothing_left(node_env[2])
+    assert_not_stored(shared_node[1], str(ds.SOPInstanceUID))
 
 
-def test_jpeg_codestream_declared_as_h264_is_refused(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+def test_jpeg_codestream_declared_as_h264_is_refused(shared_node: tuple[int, Path]) -> None:
     ds = us_mf()
     h264 = "1.2.840.10008.1.2.4.102"
-    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts=h264, command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    status, comment = send_raw(shared_node[0], encoded(ds), context=US_MF, ts=h264, command_class=US_MF, instance=str(ds.SOPInstanceUID))
     assert (status, comment) == (0xC000, f"PixelData frame 1 is JPEG, not H.264 ({h264})")
-    assert_nothing_left(node_env[2])
+    assert_not_stored(shared_node[1], str(ds.SOPInstanceUID))
 
 
-def test_native_ybr_full_422_loop_is_accepted(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+def test_native_ybr_full_422_loop_is_accepted(shared_node: tuple[int, Path], tmp_path: Path) -> None:
     # PS3.3 C.7.6.3.1.2: YBR_FULL_422 stores 2 samples per pixel; the old hand-made length wanted 3
     from pydicom.uid import generate_uid
 
@@ -270,11 +287,11 @@ def test_native_ybr_full_422_loop_is_accepted(node_proc: NodeProcess, node_env: 
     ds.SOPClassUID, ds.SOPInstanceUID = US_MF, generate_uid()
     ds.PhotometricInterpretation, ds.NumberOfFrames = "YBR_FULL_422", 4
     ds.PixelData = bytes(ds.Rows * ds.Columns * 2 * 4)
-    status, comment = send_raw(node_proc.port, encoded(ds), context=US_MF, ts="1.2.840.10008.1.2.1", command_class=US_MF, instance=str(ds.SOPInstanceUID))
+    status, comment = send_raw(shared_node[0], encoded(ds), context=US_MF, ts="1.2.840.10008.1.2.1", command_class=US_MF, instance=str(ds.SOPInstanceUID))
     assert status == 0x0000, comment
     from node.ledger import Ledger
 
-    row = Ledger(f"sqlite:///{node_env[2] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
+    row = Ledger(f"sqlite:///{shared_node[1] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
     assert row is not None and row["frames"] == 4
 
 
@@ -319,7 +336,7 @@ def test_unknown_caller_rejected_while_the_ledger_is_down(node_proc: NodeProcess
         _trigger(node_env[2], "associations", False)
 
 
-def test_deflated_object_is_accepted(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+def test_deflated_object_is_accepted(shared_node: tuple[int, Path], tmp_path: Path) -> None:
     from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
     from node.ledger import Ledger
@@ -330,11 +347,11 @@ def test_deflated_object_is_accepted(node_proc: NodeProcess, node_env: tuple[Pat
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     path = tmp_path / "deflated.dcm"
     ds.save_as(path, enforce_file_format=True)
-    rsp = send_file(node_proc.port, path, US_IMAGE, DeflatedExplicitVRLittleEndian)
+    rsp = send_file(shared_node[0], path, US_IMAGE, DeflatedExplicitVRLittleEndian)
     assert rsp.Status == 0x0000
-    row = Ledger(f"sqlite:///{node_env[2] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
+    row = Ledger(f"sqlite:///{shared_node[1] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
     assert row is not None and row["transfer_syntax_uid"] == DeflatedExplicitVRLittleEndian
-    assert list(Spool(node_env[2]).incoming.iterdir()) == []
+    assert list(Spool(shared_node[1]).incoming.iterdir()) == []
 
 
 def test_instance_over_max_instance_mb_is_refused(tmp_path: Path) -> None:
