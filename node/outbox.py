@@ -95,3 +95,15 @@ def next_delay(settings: Settings, names: Sequence[str], tries: int) -> float:
     cap = max(d.backoff_max_seconds for d in dests) if dests else 60.0
     delay = get_exponential_backoff_interval(factor=max(base, 0.5), retries=max(tries - 1, 0), maximum=cap, full_jitter=True)
     return float(min(cap, max(base, delay)))
+
+
+def dispatch_results(settings: Settings, ledger: Ledger, uid: str, files: Sequence[Path]) -> bool:
+    """One final attempt to every destination, then ``rendered -> dispatched`` or ``failed`` (library use
+    and tests; the pipeline's dispatch stage retries transient faults through the queue instead)."""
+    if not settings.destinations:
+        return ledger.transition(uid, "dispatched", expected=["rendered"], reason=f"no destinations configured; results in {files[0].parent}")
+    outcome = dispatch_once(settings, ledger, uid, files, final=True)
+    if outcome.done:
+        return ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
+    ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
+    return False

@@ -107,7 +107,8 @@ def render_results(settings: Settings, ledger: Ledger, uid: str) -> None:
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[uid, str(i)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(folder / name, enforce_file_format=True)
-    ledger.set_state(uid, "rendered")
+    for state in ("queued", "classified", "rendered"):  # the guarded path a job takes
+        assert ledger.set_state(uid, state)
 
 
 def files_of(settings: Settings, ledger: Ledger, uid: str) -> list[Path]:
