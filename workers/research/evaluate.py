@@ -10,20 +10,24 @@ assembled by :mod:`workers.research.metrics` from :mod:`workers.research.stats`,
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from workers.errors import WorkerError
-from workers.research import stats
+from workers.cli_args import (
+    Once,
+    OnceFlag,
+    Parser,
+    check_out_dir,
+    name_inputs,
+    named_path,
+    print_error,
+    setup_logging,
+)
+from workers.research.bundle_run import fold_cams, run_bundle
+from workers.research.clustered import AGGREGATES, has_clusters, to_patients
 from workers.research.inputs import (  # noqa: F401  (re-exported: the public names of evaluate)
     PREDICTION_COLUMNS,
     EvaluationError,
@@ -40,6 +44,7 @@ from workers.research.metrics import (  # noqa: F401  (re-exported)
     model_metrics,
     reader_metrics,
 )
+from workers.research.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -53,61 +58,51 @@ class Evaluation:
     readers: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # reader -> case -> (y, call)
 
 
-# --------------------------------------------------------------------------------------------- bundle run
-def _peak(cam: np.ndarray, cam_frames: tuple[int, ...], key_frame: int) -> tuple[int, int] | None:
-    if key_frame not in cam_frames or cam.ndim != 3:
-        return None
-    return stats.cam_peak(np.asarray(cam[cam_frames.index(key_frame)]))
+UNITS = ("patient", "loop")
+EVALUATE_OUTPUTS = ("metrics.json", "report.md", "report.html", "roc.png", "pr.png", "predictions.csv", "gradcam")
 
 
-def run_bundle(
-    bundle: Path, manifest: Path, out_dir: Path, predict: Callable[[Path, Path], Any] | None = None
-) -> tuple[str, Path]:
-    """Run ``workers.inference.predict(bundle, path)`` on every manifest row; write ``predictions.csv``.
-
-    Returns the model name (from the predictions' ``model.name``, else the bundle folder) and the CSV path.
-    """
-    if predict is None:
-        try:  # lazy: torch/monai are imported only when a bundle runs
-            from workers.inference import predict as _predict
-        except ImportError as exc:
-            raise EvaluationError(f"--bundle needs the compute plane (pip install 'aln-node[worker]'): {exc}") from exc
-        predict = _predict
-    if not bundle.is_dir():
-        raise EvaluationError(f"--bundle {bundle}: not a folder")
-    rows = read_manifest(manifest)
-    name = bundle.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "predictions.csv"
-    with target.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
-        writer.writeheader()
-        for i, row in enumerate(rows, 1):
-            try:
-                pred = predict(bundle, row.path)
-            except (WorkerError, OSError, ValueError) as exc:  # name the loop that failed, stop the run
-                raise EvaluationError(f"{row.path}: inference failed: {exc}") from exc
-            name = getattr(getattr(pred, "model", None), "name", None) or name
-            peak = _peak(np.asarray(pred.cam), tuple(pred.cam_frames), int(pred.key_frame))
-            writer.writerow({
-                "case_id": row.case_id, "label": row.label, "score": f"{float(pred.probability):.10g}",
-                "key_frame": int(pred.key_frame), "cam_peak_y": "" if peak is None else peak[0],
-                "cam_peak_x": "" if peak is None else peak[1], "patient_id": row.patient_id, "path": row.path,
-            })
-            logger.info("case %d/%d %s: P(metastasis)=%.3f", i, len(rows), row.case_id, pred.probability)
-    return name, target
-
+def _analysis(models: list[ModelScores], unit: str, how: str) -> tuple[dict[str, Any], bool, list[str]]:
+    """What unit the statistics are on, and whether loop-level AUCs need the clustered variance."""
+    multi = [m.name for m in models if has_clusters(m)]
+    info: dict[str, Any] = {"unit": unit, "patient_score": how if unit == "patient" else None,
+                            "models_with_several_loops_per_patient": multi}  # fmt: skip
+    notes: list[str] = []
+    if not multi:
+        info["auc_variance"] = "DeLong"
+        info["note"] = ("one loop per patient (or no patient_id column): loop and patient level coincide; "
+                        "DeLong variance")  # fmt: skip
+        return info, False, notes
+    if unit == "patient":
+        info["auc_variance"] = "DeLong (on one score per patient)"
+        info["note"] = (f"patient level: each patient's score is the {how} of its loops' scores; AUC, 2x2 metrics "
+                        "and comparisons are over patients; the pointing game and readers stay per loop")  # fmt: skip
+        return info, False, notes
+    info["auc_variance"] = "Obuchowski (1997) clustered"
+    info["note"] = ("loop level with several loops per patient: AUC CIs and paired tests use Obuchowski's clustered "
+                    "variance (patients as clusters); the 2x2 metrics' exact CIs treat loops as independent and are "
+                    "too narrow")  # fmt: skip
+    return info, True, notes
 
 
 def evaluate(
     models: list[ModelScores], thresholds: dict[str, float], readers: Path | None = None,
-    manifest: Path | None = None, pointing_tolerance: float = 0.0,
+    manifest: Path | None = None, pointing_tolerance: float = 0.0, unit: str = "patient", patient_score: str = "mean",
 ) -> Evaluation:
-    """Compute every number of ``metrics.json``."""
+    """Compute every number of ``metrics.json``.
+
+    ``unit="patient"`` (default) scores each patient once (``patient_score`` of its loops) when a model has
+    several loops per patient; ``unit="loop"`` keeps the loops with Obuchowski's clustered AUC variance.
+    """
+    if unit not in UNITS:
+        raise EvaluationError(f"--unit {unit!r}: not one of {', '.join(UNITS)}")
+    if patient_score not in AGGREGATES:
+        raise EvaluationError(f"--patient-score {patient_score!r}: not one of {', '.join(AGGREGATES)}")
     by_name: dict[str, ModelScores] = {}
     for m in models:
         if m.name in by_name:
-            raise EvaluationError(f"two models named {m.name!r}: rename one predictions file")
+            raise EvaluationError(f"two models named {m.name!r} ({by_name[m.name].source} and {m.source}): "
+                                  "name them NAME=PATH")  # fmt: skip
         by_name[m.name] = m
     truth: dict[str, int] = {}
     for m in models:
@@ -115,16 +110,24 @@ def evaluate(
             y = int(m.labels[i])
             if truth.setdefault(case_id, y) != y:
                 raise EvaluationError(f"case_id {case_id!r}: label {y} in {m.source} disagrees with another file")
-    warnings: list[str] = []
-    metrics: dict[str, Any] = {"models": {}, "comparisons": [], "readers": {}, "localisation": {}}
-    for name, m in by_name.items():
-        row, warn = model_metrics(m, thresholds[name])
+    analysis, clustered, warnings = _analysis(models, unit, patient_score)
+    scored = dict(by_name)
+    if unit == "patient" and analysis["models_with_several_loops_per_patient"]:
+        try:
+            scored = {n: (to_patients(m, patient_score) if m.patients else m) for n, m in by_name.items()}
+        except ValueError as exc:
+            raise EvaluationError(f"--unit patient: {exc}") from exc
+    metrics: dict[str, Any] = {"analysis": analysis, "models": {}, "comparisons": [], "readers": {},
+                               "localisation": {}}  # fmt: skip
+    for name, m in scored.items():
+        row, warn = model_metrics(m, thresholds[name], clustered=clustered and has_clusters(m))
         metrics["models"][name] = row
         warnings += warn
-    names = list(by_name)
+    names = list(scored)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            comp, warn = compare_models(by_name[a], by_name[b], thresholds[a], thresholds[b])
+            comp, warn = compare_models(scored[a], scored[b], thresholds[a], thresholds[b],
+                                        clustered=clustered and has_clusters(scored[a]))  # fmt: skip
             metrics["comparisons"].append(comp)
             warnings += warn
     reader_cases: dict[str, dict[str, tuple[int, int]]] = {}
@@ -137,13 +140,13 @@ def evaluate(
     for w in warnings:
         logger.warning("%s", w)
     metrics["warnings"] = warnings
-    return Evaluation(json_clean(metrics), by_name, reader_cases)
+    return Evaluation(json_clean(metrics), scored, reader_cases)
 
 
 # -------------------------------------------------------------------------------------------------- CLI
 def _thresholds(values: list[str], names: list[str]) -> dict[str, float]:
-    default = 0.5
-    per_model: dict[str, float] = {}
+    """``T`` (all models) and ``NAME=T`` values; the same key with two different values is an error."""
+    given: dict[str, tuple[float, str]] = {}
     for v in values:
         key, _, num = v.rpartition("=")
         try:
@@ -152,35 +155,48 @@ def _thresholds(values: list[str], names: list[str]) -> dict[str, float]:
             raise EvaluationError(f"--threshold {v!r}: not a number (use T or NAME=T)") from None
         if not 0.0 <= t <= 1.0:
             raise EvaluationError(f"--threshold {v!r}: {t} outside [0, 1]")
-        if key:
-            if key not in names:
-                raise EvaluationError(f"--threshold {v!r}: no model named {key!r} (models: {', '.join(names)})")
-            per_model[key] = t
-        else:
-            default = t
-    return {n: per_model.get(n, default) for n in names}
+        if key and key not in names:
+            raise EvaluationError(f"--threshold {v!r}: no model named {key!r} (models: {', '.join(names)})")
+        if key in given and given[key][0] != t:
+            raise EvaluationError(f"--threshold given twice for {key or 'all models'}: {given[key][1]!r} and {v!r}")
+        given[key] = (t, v)
+    default = given.get("", (0.5, ""))[0]
+    return {n: given.get(n, (default, ""))[0] for n in names}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alnnode evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, help="MONAI bundle folder to run over --manifest")
-    p.add_argument("--manifest", type=Path, help="CSV path,label,patient_id[,case_id]; masks/ beside it")
-    p.add_argument("--predictions", type=Path, nargs="+", default=[], help="CSV(s) case_id,label,score")
-    p.add_argument("--readers", type=Path, help="CSV case_id,reader,call (call 0/1)")
-    p.add_argument("--threshold", action="append", default=[], metavar="T|NAME=T",
-                   help="call positive when score >= T (default 0.5); repeat NAME=T per model")
-    p.add_argument("--pointing-tolerance", type=float, default=0.0, metavar="PX",
+def build_parser() -> Parser:
+    p = Parser(prog="alnnode evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--predictions", type=named_path, nargs="+", action="extend", default=[], metavar="[NAME=]CSV",
+                   help="predictions CSV(s) case_id,label,score[,patient_id,fold,path]; list or repeat; the model "
+                        "is named NAME, else the file stem, else (stems alike) its folder")
+    p.add_argument("--bundle", type=Path, action=Once, help="MONAI bundle folder to run over --manifest")
+    p.add_argument("--manifest", type=Path, action=Once,
+                   help="CSV path,label,patient_id[,case_id]; masks/CASE.npz beside it for the pointing game")
+    p.add_argument("--readers", type=Path, action=Once, help="CSV case_id,reader,call (call 0/1)")
+    p.add_argument("--threshold", nargs="+", action="extend", default=[], metavar="T|NAME=T",
+                   help="call positive when score >= T (default 0.5 for every model); NAME=T for one model")
+    p.add_argument("--unit", choices=UNITS, default="patient", action=Once,
+                   help="statistics per patient (one score per patient when it has several loops) or per loop "
+                        "(Obuchowski's clustered AUC variance)")
+    p.add_argument("--patient-score", choices=AGGREGATES, default="mean", action=Once,
+                   help="a patient's score from its loops' scores (--unit patient)")
+    p.add_argument("--pointing-tolerance", type=float, default=0.0, metavar="PX", action=Once,
                    help="pointing game: a CAM peak within PX pixels of the mask is a hit (Zhang et al. use 15; "
-                        "default 0, strict; the strict share is always reported too)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+                        "0 is strict; the strict share is always reported too)")
+    p.add_argument("--fold-cams", action=OnceFlag,
+                   help="pointing game of oof_predictions.csv inputs: explain each held-out positive loop with the "
+                        "fold bundle that held it out (RUN/fold{k}/bundle)")
+    p.add_argument("--no-gradcam-png", dest="gradcam_png", action="store_false",
+                   help="with --bundle, do not write OUT/gradcam/CASE.png")
+    p.add_argument("--out", type=Path, required=True, action=Once, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action=OnceFlag, help="replace the results of an earlier evaluation in --out")
     return p
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``alnnode evaluate``; returns 0, or 2 with a one-line error on bad input."""
+    """Entry point of ``alnnode evaluate``; returns 0, or 2 with a one-line error per problem."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     from workers.research import report
 
     try:
@@ -188,23 +204,37 @@ def main(argv: list[str]) -> int:
             raise EvaluationError("--bundle needs --manifest")
         if args.bundle is None and not args.predictions:
             raise EvaluationError("give --predictions CSV... or --bundle DIR --manifest CSV")
-        args.out.mkdir(parents=True, exist_ok=True)
-        models = []
-        if args.bundle is not None:
-            name, csv_path = run_bundle(args.bundle, args.manifest, args.out)
-            models.append(read_predictions(csv_path, name=name))
-        models += [read_predictions(p) for p in args.predictions]
         if not args.pointing_tolerance >= 0:
             raise EvaluationError(f"--pointing-tolerance {args.pointing_tolerance!r}: must be >= 0 pixels")
+        named = name_inputs(args.predictions, "--predictions")
+        models = [read_predictions(path, name=name) for name, path in named]  # every input checked first
+        if args.manifest is not None:
+            read_manifest(args.manifest)
+        check_out_dir(args.out, overwrite=args.overwrite, ours=EVALUATE_OUTPUTS)
+        if args.bundle is not None:
+            cams = args.out / "gradcam" if args.gradcam_png else None
+            name, csv_path = run_bundle(args.bundle, args.manifest, args.out, cam_dir=cams)
+            models.insert(0, read_predictions(csv_path, name=name))
+        if args.fold_cams:
+            for m in models:
+                if m.folds:
+                    fold_cams(m)
         thresholds = _thresholds(args.threshold, [m.name for m in models])
-        result = evaluate(models, thresholds, args.readers, args.manifest, args.pointing_tolerance)
-    except EvaluationError as exc:
-        print(f"alnnode evaluate: error: {exc}", file=sys.stderr)
+        result = evaluate(models, thresholds, args.readers, args.manifest, args.pointing_tolerance,
+                          unit=args.unit, patient_score=args.patient_score)  # fmt: skip
+    except (EvaluationError, ValueError) as exc:
+        print_error("alnnode evaluate", exc)
         return 2
+    inputs = [("predictions", p) for _, p in named] + [(k, p) for k, p in (("manifest", args.manifest),
+              ("readers", args.readers)) if p is not None]  # fmt: skip
+    bundles = [(n, p.parent) for n, p in named] + ([(models[0].name, args.bundle)] if args.bundle else [])
+    result.metrics["provenance"] = provenance(inputs, bundles, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
     written = report.write_report(result, args.out)
     for name, row in result.metrics["models"].items():
         ci = "CI n/a" if row["auc_ci_low"] is None else f"{row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}"
-        print(f"{name}: AUC {row['auc']:.3f} ({ci}), n={row['n']}, threshold {row['threshold']:g}")
+        print(f"{name}: AUC {row['auc']:.3f} ({ci}), n={row['n']} ({result.metrics['analysis']['unit']} level), "
+              f"threshold {row['threshold']:g}")  # fmt: skip
     print(f"wrote {args.out / 'metrics.json'} and {', '.join(p.name for p in written)}")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from workers.research import stats
+from workers.research.clustered import auc_clustered, clustered_paired_test, clusters_of
 from workers.research.inputs import ModelScores
 
 
@@ -28,23 +29,32 @@ def json_clean(value: Any) -> Any:
 
 
 
-def model_metrics(m: ModelScores, threshold: float) -> tuple[dict[str, Any], list[str]]:
-    """Metrics of one model: AUC (DeLong CI) plus the thresholded 2x2 metrics."""
-    est = stats.auc_delong(m.labels, m.scores)
+def model_metrics(m: ModelScores, threshold: float, clustered: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Metrics of one model: AUC (DeLong CI, or Obuchowski's clustered CI with ``clustered``) plus the
+    thresholded 2x2 metrics."""
+    est: Any = stats.auc_delong(m.labels, m.scores)
+    if clustered:
+        cases = sorted(m.index, key=m.index.__getitem__)
+        est = auc_clustered(m.labels, m.scores, clusters_of(m, cases))
     calls = m.scores >= threshold
-    out, warnings = stats.binary_metrics(stats.Counts.from_calls(m.labels, calls), m.name)
+    counts, warnings = stats.binary_metrics(stats.Counts.from_calls(m.labels, calls), m.name)
+    out: dict[str, Any] = dict(counts)
     if min(est.n_pos, est.n_neg) < 2:
         warnings.append(f"{m.name}: AUC CI undefined with {est.n_pos} positive and {est.n_neg} negative cases")
     elif est.variance == 0.0:
         warnings.append(f"{m.name}: AUC {est.auc:g} separates the classes perfectly; its DeLong CI has zero width")
     out.update(auc=est.auc, auc_ci_low=est.ci_low, auc_ci_high=est.ci_high, auc_se=math.sqrt(est.variance),
                threshold=threshold, binary_scores=bool(np.isin(m.scores, (0.0, 1.0)).all()),
-               n_pos=est.n_pos, n_neg=est.n_neg)
+               n_pos=est.n_pos, n_neg=est.n_neg, auc_variance="Obuchowski (1997) clustered" if clustered else "DeLong")
+    if clustered:
+        out["n_patients"] = est.n_clusters
     return out, warnings
 
 
-def compare_models(a: ModelScores, b: ModelScores, ta: float, tb: float) -> tuple[dict[str, Any], list[str]]:
-    """DeLong test of AUC(a) - AUC(b): paired on shared case ids, unpaired otherwise; McNemar if paired."""
+def compare_models(a: ModelScores, b: ModelScores, ta: float, tb: float, clustered: bool = False
+                   ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """DeLong test of AUC(a) - AUC(b): paired on shared case ids, unpaired otherwise; McNemar if paired.
+    With ``clustered`` (loops of one patient kept) a paired test uses Obuchowski's clustered covariance."""
     warnings: list[str] = []
     shared = sorted(set(a.index) & set(b.index))
     ia = np.array([a.index[c] for c in shared], dtype=int)
@@ -60,6 +70,15 @@ def compare_models(a: ModelScores, b: ModelScores, ta: float, tb: float) -> tupl
     elif shared:
         warnings.append(f"{a.name} vs {b.name}: the {len(shared)} shared cases hold one class only; "
                         "compared as independent samples")
+    if paired and clustered:
+        try:
+            res_c = clustered_paired_test(labels, a.scores[ia], b.scores[ib], clusters_of(a, shared))
+        except ValueError as exc:
+            warnings.append(f"{a.name} vs {b.name}: no AUC test: {exc}")
+        else:
+            result.update(res_c, df=None, n_a=len(shared), n_b=len(shared),
+                          method="Obuchowski (1997) test for two correlated clustered ROC curves")
+            return result, warnings
     try:
         res = (stats.delong_paired(labels, a.scores[ia], b.scores[ib]) if paired
                else stats.delong_unpaired(a.labels, a.scores, b.labels, b.scores))

@@ -26,6 +26,7 @@ from workers.decode import load_clip
 from workers.preprocess import find_image_region, make_transform, sample_clip_indices
 from workers.research.inputs import ManifestRow, read_manifest
 from workers.research.phantom_dicom import MANUFACTURER as PHANTOM_MANUFACTURER
+from workers.research.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,42 @@ def grouped_stratified_folds(
 
 
 # ------------------------------------------------------------------------------------------- cache
-class FrameCache:
-    """Decode each loop once: cropped, resized to ``base`` x ``base``, uint8 (F, base, base, 3) ``.npy``."""
+#: default bound of the decoded-frame cache (``alnnode train --cache-max-gb``)
+CACHE_MAX_GB = 20.0
 
-    def __init__(self, folder: Path, base: int) -> None:
+
+class FrameCache:
+    """Decode each loop once: cropped, resized to ``base`` x ``base``, uint8 (F, base, base, 3) ``.npy``.
+
+    Every epoch reads every loop, so an evicting cache would decode again each epoch; instead the cache is
+    bounded up front (:meth:`check_budget` refuses a run whose frames would exceed ``max_gb``) and
+    removable (:meth:`remove`, done by ``alnnode train`` for its default ``OUT/cache``).
+    """
+
+    def __init__(self, folder: Path, base: int, max_gb: float | None = None) -> None:
         self.folder = Path(folder)
         self.base = int(base)
+        self.max_gb = CACHE_MAX_GB if max_gb is None else float(max_gb)
         self.folder.mkdir(parents=True, exist_ok=True)
+
+    def check_budget(self, rows: Sequence[ManifestRow]) -> float:
+        """GB the cached frames of ``rows`` will take; ValueError naming both numbers above ``max_gb``."""
+        frames = 0
+        for row in rows:
+            ds = pydicom.dcmread(row.path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+            frames += int(ds.get("NumberOfFrames", 1) or 1)
+        need = frames * self.base * self.base * 3 / 1e9
+        if need > self.max_gb:
+            raise ValueError(f"--cache-max-gb {self.max_gb:g}: the decoded frames of {len(rows)} loops "
+                             f"({frames} frames at {self.base} px) need {need:.1f} GB; lower --size or raise the limit")  # fmt: skip
+        return need
+
+    def remove(self) -> None:
+        """Delete the cache folder and everything in it."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        logger.info("removed the frame cache %s", self.folder)
 
     def path_for(self, dicom: Path) -> Path:
         st = dicom.stat()
@@ -118,10 +148,8 @@ class FrameCache:
 
     def warm(self, rows: Sequence[ManifestRow], progress: bool = False) -> None:
         """Decode every loop not cached yet (once, before the first epoch)."""
-        from tqdm import tqdm
-
         todo = [r for r in rows if not self.path_for(r.path).is_file()]
-        for row in tqdm(todo, desc="decode+cache", disable=not progress or not todo, leave=False):
+        for row in show_progress(todo, "decode+cache", enabled=progress and bool(todo)):
             self.frames(row.path)
 
 
