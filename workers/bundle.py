@@ -3,9 +3,9 @@
 Layout (MONAI bundle specification, ``docs/source/mb_specification.rst``)::
 
     BUNDLE/configs/metadata.json   what the model is, its input/output contract, versions, model_uid
-    BUNDLE/configs/inference.json  MONAI config: ``network_def`` with ``_target_: workers.models.build``
+    BUNDLE/configs/inference.json  MONAI config that classifies a DICOM loop with models/model.ts (no aln-node code)
     BUNDLE/models/model.pt         state dict (no pickled code)
-    BUNDLE/models/model.ts         TorchScript (optional)
+    BUNDLE/models/model.ts         TorchScript (bundles made by ``alnnode train``; checked equal to the eager model)
     BUNDLE/docs/README.md          model card
 
 ``model_uid`` is a DICOM UID of the ``2.25.<integer>`` form (PS3.5 B.2) made from the first 128 bits
@@ -112,7 +112,7 @@ def save_bundle(
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "aln_node_version": aln_version,
-        "required_packages_version": {"torchvision": _torchvision_version()},
+        "required_packages_version": {"torchvision": _torchvision_version(), "pydicom": _pydicom_version()},
         "name": name,
         "task": "Prediction of axillary lymph node metastasis from a breast-ultrasound cine loop",
         "description": f"{arch} video classifier ({_describe(options)}), 2 classes, after the ALN-US video study",
@@ -138,11 +138,14 @@ def save_bundle(
     torch.save(state, out / "models" / "model.pt")
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / "configs" / "inference.json").write_text(
-        json.dumps(inference_config(arch, options), indent=2) + "\n"
+        json.dumps(inference_config(frames=frames, size=size, base=_inference_base(), model_uid=metadata["model_uid"],
+                                    name=name), indent=2) + "\n"
     )
     (out / "docs" / "README.md").write_text(model_card(metadata))
     if torchscript:
         save_torchscript(model, out / "models" / "model.ts", frames, size)
+    else:
+        (out / "models" / "model.ts").unlink(missing_ok=True)
     logger.info("bundle %s (%s, %s) written to %s", name, arch, metadata["model_uid"], out)
     return out
 
@@ -199,6 +202,18 @@ def load_bundle(path: str | Path, device: str = "cpu") -> LoadedBundle:
 
 def _describe(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "default options"
+
+
+def _inference_base() -> int:
+    from workers.inference import BASE  # late: workers.inference imports this module
+
+    return int(BASE)
+
+
+def _pydicom_version() -> str:
+    import pydicom
+
+    return str(pydicom.__version__)
 
 
 def _torchvision_version() -> str:

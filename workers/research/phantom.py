@@ -19,14 +19,13 @@ and :func:`main` is ``alnnode phantom``.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from workers.cli_args import Once, OnceFlag, Parser, check_out_dir, print_error, setup_logging
 from workers.research import phantom_dicom as dcm
 from workers.research.phantom_dicom import PhantomCase
 from workers.research.phantom_render import render_region
@@ -107,7 +106,7 @@ def generate(
         ids = dcm.DicomIds.derive(seed, p, loop, i)
         pixels, mask, meta = render(scene, sample_sweep(rng, scene), rng, top_text=ids.screen_title)
         ds = dcm.build_dataset(pixels, meta.region, ids, syntax)
-        case_id = f"case{i:0{width}d}"
+        case_id = f"s{seed}-case{i:0{width}d}"  # the seed keeps ids unique when data sets are pooled
         label, true_label = int(noisy[p]), int(true_labels[p])
         cases.append(dcm.write_case(out, case_id, pixels, mask, meta.frames_with_feature, ds, label, true_label,
                                     meta.static_frame))
@@ -118,28 +117,32 @@ def generate(
 
 def main(argv: list[str] | None = None) -> int:
     """``alnnode phantom``: write synthetic breast-ultrasound cine loops (DICOM), masks and a manifest."""
-    parser = argparse.ArgumentParser(prog="alnnode phantom", description=main.__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--n", required=True, type=int, help="number of loops")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--positive-rate", type=float, default=0.5)
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--size", default="240x320", help="frame size HxW (default 240x320)")
-    parser.add_argument("--syntax", choices=sorted(dcm.SYNTAXES), default="jpeg")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="probability of flipping a label")
-    parser.add_argument("--loops-per-patient", type=int, default=1)
+    parser = Parser(prog="alnnode phantom", description=main.__doc__)
+    parser.add_argument("--out", required=True, type=Path, action=Once, help="output folder (new or empty)")
+    parser.add_argument("--overwrite", action=OnceFlag, help="replace the loops of an earlier run in --out")
+    parser.add_argument("--n", required=True, type=int, action=Once, help="number of loops")
+    parser.add_argument("--seed", type=int, default=0, action=Once, help="also part of every patient and case id")
+    parser.add_argument("--positive-rate", type=float, default=0.5, action=Once)
+    parser.add_argument("--frames", type=int, default=48, action=Once, help="frames per loop")
+    parser.add_argument("--size", default="240x320", action=Once, help="frame size HxW")
+    parser.add_argument("--syntax", choices=sorted(dcm.SYNTAXES), default="jpeg", action=Once)
+    parser.add_argument("--label-noise", type=float, default=0.0, action=Once, help="probability of flipping a label")
+    parser.add_argument("--loops-per-patient", type=int, default=1, action=Once)
     args = parser.parse_args(argv)
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size must look like 240x320, got {args.size!r}")
+    setup_logging(logging.WARNING)
     start = time.perf_counter()
     try:
+        dcm.check_options(args.n, args.positive_rate, args.label_noise, args.syntax, args.loops_per_patient)
+        check_out_dir(args.out, overwrite=args.overwrite, ours=("dicom", "masks", "manifest.csv"))
         cases = generate(args.out, args.n, seed=args.seed, positive_rate=args.positive_rate, frames=args.frames,
                          size=(h, w), syntax=args.syntax, label_noise=args.label_noise,
-                         loops_per_patient=args.loops_per_patient)
+                         loops_per_patient=args.loops_per_patient)  # fmt: skip
     except ValueError as exc:
-        print(f"alnnode phantom: error: {exc}", file=sys.stderr)
+        print_error("alnnode phantom", exc)
         return 2
     positives = sum(c.true_label for c in cases)
     flipped = sum(c.label != c.true_label for c in cases)

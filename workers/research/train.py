@@ -159,7 +159,8 @@ def train_cv(
                     "best_epoch": result.best_epoch, "best_held_out_auc": _num(result.best_auc),
                     "n_train": len(train_idx), "n_val": len(val_idx), "data": data.text()}  # fmt: skip
         bundle = save_bundle(result.model.cpu(), fold_dir / "bundle", arch=arch, options=cfg.build_options(),
-                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training)  # fmt: skip
+                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training,
+                             torchscript=True)  # fmt: skip
         summaries.append(FoldSummary(k, len(train_idx), len(val_idx), result.epoch, result.val_auc, result.best_epoch,
                                      result.best_auc, str(bundle), result.seconds))  # fmt: skip
         history += result.history
@@ -300,7 +301,7 @@ def train_demo_bundle(
                 "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at {phantom_size[0]}x{phantom_size[1]}"}  # fmt: skip
     logger.info("demo bundle: held-out AUC %.3f on %d loops", result.val_auc, len(val_idx))
     return save_bundle(result.model.cpu(), out_dir / "bundle", arch="tin", options=cfg.build_options(),
-                       name="aln-tin18-demo", synthetic_only=True, training=training)  # fmt: skip
+                       name="aln-tin18-demo", synthetic_only=True, training=training, torchscript=True)  # fmt: skip
 
 
 TRAIN_OUTPUTS = ("fold*", "best", "oof_predictions.csv", "ensemble_predictions.csv", "history.csv", "curves.png",
