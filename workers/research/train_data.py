@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,43 +47,29 @@ def base_for(size: int) -> int:
 def grouped_stratified_folds(
     labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0
 ) -> list[np.ndarray]:
-    """Validation indices of ``n_folds`` folds: every group (patient) in exactly one fold, classes balanced.
-
-    Greedy like scikit-learn's ``StratifiedGroupKFold(shuffle=True)``: groups are shuffled with ``seed``,
-    sorted by how unevenly their samples spread over the classes (stable), and each goes to the fold where
-    it least increases the spread of per-class fold shares (ties: the smallest fold, then the lowest index).
+    """Validation indices of ``n_folds`` folds: every group (patient) in exactly one fold, classes balanced
+    (``sklearn.model_selection.StratifiedGroupKFold(shuffle=True, random_state=seed)``).
 
     Raises
     ------
     ValueError
         Fewer groups than folds, or mismatched lengths.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     y = np.asarray(labels, dtype=int)
     if len(y) != len(groups):
         raise ValueError(f"{len(y)} labels but {len(groups)} groups")
-    names, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    if n_folds < 2 or len(names) < n_folds:
-        raise ValueError(f"need 2 <= folds <= number of patients, got folds={n_folds} and {len(names)} patients")
-    classes = np.unique(y)
-    counts = np.zeros((len(names), len(classes)))
-    np.add.at(counts, (inverse, np.searchsorted(classes, y)), 1)
-    rng = np.random.default_rng([seed, 7])
-    order = rng.permutation(len(names))
-    order = order[np.argsort(-np.std(counts[order], axis=1), kind="stable")]
-    per_class = counts.sum(axis=0)
-    fold_counts = np.zeros((n_folds, len(classes)))
-    assignment = np.empty(len(names), dtype=int)
-    for g in order:
-        spreads = []
-        for k in range(n_folds):
-            trial = fold_counts.copy()
-            trial[k] += counts[g]
-            spreads.append(float(np.mean(np.std(trial / per_class, axis=0))))
-        best = min(range(n_folds), key=lambda k: (round(spreads[k], 12), fold_counts[k].sum(), k))
-        fold_counts[best] += counts[g]
-        assignment[g] = best
-    sample_fold = assignment[inverse]
-    return [np.flatnonzero(sample_fold == k) for k in range(n_folds)]
+    n_groups = len(set(groups))
+    if n_folds < 2 or n_groups < n_folds:
+        raise ValueError(f"need 2 <= folds <= number of patients, got folds={n_folds} and {n_groups} patients")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only k members": our own message is clearer
+        warnings.simplefilter("ignore", UserWarning)
+        folds = [np.sort(val) for _, val in splitter.split(np.zeros(len(y)), y, np.asarray(groups, dtype=str))]
+    if any(f.size == 0 for f in folds):
+        raise ValueError(f"folds={n_folds}: some fold holds no patient; use fewer folds")
+    return folds
 
 
 # ------------------------------------------------------------------------------------------- cache
