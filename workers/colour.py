@@ -2,9 +2,9 @@
 
 Colour (PS3.3 C.7.6.3.1.2): YBR_FULL/YBR_FULL_422 are converted by pydicom, YBR_RCT/YBR_ICT by the
 JPEG 2000 decoder; PALETTE COLOR goes through its LUT (16-bit LUT entries scaled to 8 bits); grey is
-replicated to three channels, MONOCHROME1 inverted. Grey with more than 8 stored bits is windowed with
-the first Window Center/Width (PS3.3 C.11.2.1.2.1, after any Rescale) or, without a window, scaled by
-one min-max range taken from a sample of frames, so that brightness does not flicker between frames.
+replicated to three channels, MONOCHROME1 inverted. Grey with more than 8 stored bits goes through pydicom's
+Modality LUT and its first VOI (window or VOI LUT; PS3.3 C.11.2.1.2.1) or, without one, is scaled by one
+min-max range taken from a sample of frames, so that brightness does not flicker between frames.
 """
 
 from __future__ import annotations
@@ -16,43 +16,63 @@ import numpy as np
 import pydicom
 import pydicom.uid as puid
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 logger = logging.getLogger(__name__)
 
 GREY_PROBE_FRAMES = 8
 
 
+def has_voi(header: Dataset) -> bool:
+    """True when the header gives a VOI transformation: a VOI LUT Sequence or a linear window of width >= 1."""
+    if "VOILUTSequence" in header:
+        return True
+    ww = header.get("WindowWidth")
+    if header.get("WindowCenter") is None or ww is None:
+        return False
+    return float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww) >= 1
+
+
+def _voi_output_range(header: Dataset) -> tuple[float, float]:
+    """The range ``pydicom.pixels.apply_voi_lut`` maps a window onto: the stored range after the rescale."""
+    bits = int(header.get("BitsStored", 8))
+    signed = int(header.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = _rescale(header)
+    a, b = sorted((lo * slope + intercept, hi * slope + intercept))
+    return a, b
+
+
 def grey_range(
     header: Dataset, n_frames: int, read_frames: Callable[[list[int]], Iterable[np.ndarray]]
 ) -> tuple[float, float]:
-    """Stored-value range mapped to 0..255: the first window, else the min-max of a sample of frames
-    (``read_frames(indices)`` yields them) after the modality rescale."""
-    slope, intercept = _rescale(header)
-    wc, ww = header.get("WindowCenter"), header.get("WindowWidth")
-    if wc is not None and ww is not None:
-        c = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
-        w = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)
-        if w >= 1:  # PS3.3 C.11.2.1.2.1 linear window: [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2]
-            return c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    """Without a window: the min-max, after the modality rescale, of a sample of frames (``read_frames(indices)``
+    yields them), one range for the whole loop so that brightness does not flicker between frames."""
     probe = np.unique(np.linspace(0, n_frames - 1, min(n_frames, GREY_PROBE_FRAMES)).astype(int))
     lo, hi = np.inf, -np.inf
     for arr in read_frames(probe.tolist()):
-        x = arr.astype(np.float32) * slope + intercept
+        x = np.asarray(apply_modality_lut(arr, header), dtype=np.float32)
         lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
     logger.debug("grey min-max range %s..%s from %d frames", lo, hi, len(probe))
     return lo, hi
 
 
 def grey_to_uint8(arr: np.ndarray, header: Dataset, lo_hi: Callable[[], tuple[float, float]]) -> np.ndarray:
-    """One grey frame to uint8 (8-bit data as is; deeper data rescaled and mapped by ``lo_hi()``)."""
+    """One grey frame to uint8: 8-bit data as is; deeper data through pydicom's Modality LUT and first VOI
+    (PS3.3 C.11.1, C.11.2: ``apply_modality_lut``, ``apply_voi_lut``) or, without a VOI, the min-max ``lo_hi()``."""
     stored = int(header.get("BitsStored", 8))
     if stored <= 8 and arr.dtype.itemsize == 1:
         return arr.astype(np.uint8, copy=False)
-    slope, intercept = _rescale(header)
-    x = arr.astype(np.float32) * slope + intercept
-    lo, hi = lo_hi()
-    y = (x - lo) / max(hi - lo, 1e-6)
+    x = np.asarray(apply_modality_lut(arr, header), dtype=np.float64)
+    if has_voi(header):
+        if "VOILUTSequence" in header:  # PS3.3 C.11.2.1.1: LUT Descriptor's third value is the entries' bits
+            lo, hi = 0.0, float(2 ** int(header.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        else:
+            lo, hi = _voi_output_range(header)
+        y = (np.asarray(apply_voi_lut(x, header, index=0), dtype=np.float64) - lo) / max(hi - lo, 1e-6)
+    else:
+        lo, hi = lo_hi()
+        y = (x - lo) / max(hi - lo, 1e-6)
     return (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
