@@ -5,7 +5,7 @@ Layout (MONAI bundle specification, ``docs/source/mb_specification.rst``)::
     BUNDLE/configs/metadata.json   what the model is, its input/output contract, versions, model_uid
     BUNDLE/configs/inference.json  MONAI config that classifies a DICOM loop with models/model.ts (no aln-node code)
     BUNDLE/models/model.pt         state dict (no pickled code)
-    BUNDLE/models/model.ts         TorchScript (bundles made by ``alnnode train``; checked equal to the eager model)
+    BUNDLE/models/model.ts         TorchScript (``OUT/best`` of ``alnnode train``, demo bundles; checked equal to the eager model)
     BUNDLE/docs/README.md          model card
 
 ``model_uid`` is a DICOM UID of the ``2.25.<integer>`` form (PS3.5 B.2) made from the first 128 bits

@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from workers.cli_args import Once, OnceFlag, Parser, merge_options, parse_option, print_error
 from workers.errors import BundleError
 from workers.models import ARCHS, build
 
 
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (``depth=18`` -> 18), else kept as text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"model option wants KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except ValueError:
-        return key, raw
-
-
 def main(argv: list[str] | None = None) -> int:
     """``alnnode bundle create --arch ARCH --out DIR [--option k=v ...] [--name NAME]`` and ``verify DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="alnnode bundle", description="Create or verify aln-node model bundles."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="alnnode bundle", description="Create or verify aln-node model bundles.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     create = sub.add_parser("create", help="write an UNTRAINED bundle (random weights) for pipeline tests")
-    create.add_argument("--arch", required=True, choices=ARCHS)
-    create.add_argument("--out", required=True, type=Path)
-    create.add_argument("--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE")
-    create.add_argument("--name", default=None)
-    create.add_argument("--seed", type=int, default=0)
-    create.add_argument("--torchscript", action="store_true", help="also write models/model.ts")
+    create.add_argument("--arch", required=True, choices=ARCHS, action=Once)
+    create.add_argument("--out", required=True, type=Path, action=Once)
+    create.add_argument("--option", "--options", nargs="+", action="extend", default=[], type=parse_option,
+                        metavar="KEY=VALUE", help="model options, repeat or list them")
+    create.add_argument("--name", default=None, action=Once)
+    create.add_argument("--seed", type=int, default=0, action=Once)
+    create.add_argument("--torchscript", action=OnceFlag, help="also write models/model.ts")
     verify = sub.add_parser("verify", help="load a bundle, check it, print what it is")
     verify.add_argument("path", type=Path)
     args = parser.parse_args(argv)
@@ -44,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "create":
-            options = dict(args.option)
+            options = merge_options(args.option, "--option")
             torch.manual_seed(args.seed)
             model = build(args.arch, **options)
             name = args.name or f"aln-{args.arch}-untrained"
@@ -56,6 +43,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"path": str(args.path.resolve()), **loaded.info.__dict__, "frames": loaded.frames,
                               "size": loaded.size, "options": loaded.metadata["options"]}, indent=2))  # fmt: skip
     except (BundleError, ValueError) as exc:
-        print(f"alnnode bundle: error: {exc}")
+        print_error("alnnode bundle", exc)
         return 2
     return 0

@@ -159,8 +159,7 @@ def train_cv(
                     "best_epoch": result.best_epoch, "best_held_out_auc": _num(result.best_auc),
                     "n_train": len(train_idx), "n_val": len(val_idx), "data": data.text()}  # fmt: skip
         bundle = save_bundle(result.model.cpu(), fold_dir / "bundle", arch=arch, options=cfg.build_options(),
-                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training,
-                             torchscript=True)  # fmt: skip
+                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training)  # fmt: skip
         summaries.append(FoldSummary(k, len(train_idx), len(val_idx), result.epoch, result.val_auc, result.best_epoch,
                                      result.best_auc, str(bundle), result.seconds))  # fmt: skip
         history += result.history
@@ -174,6 +173,7 @@ def train_cv(
     if best_dir.exists():
         shutil.rmtree(best_dir)
     shutil.copytree(summaries[best].bundle, best_dir)
+    _add_torchscript(best_dir)  # the deployed bundle stands alone (models/model.ts for configs/inference.json)
     oof_path = _write_predictions(out / "oof_predictions.csv", rows, oof, fold_of)
     _write_history(out / "history.csv", history)
     plot_curves(history, out / "curves.png", title=f"{arch}: {folds}-fold cross-validation")
@@ -200,6 +200,14 @@ def train_cv(
     logger.info("%s: OOF AUC %.3f (%.3f-%.3f), folds %s, best fold %d, %.0f s", arch, est.auc, est.ci_low,
                 est.ci_high, np.round(aucs, 3).tolist(), best, summary.seconds)  # fmt: skip
     return summary
+
+
+def _add_torchscript(bundle: Path) -> None:
+    from workers.bundle import load_bundle
+    from workers.bundle_export import save_torchscript
+
+    loaded = load_bundle(bundle)
+    save_torchscript(loaded.model, bundle / "models" / "model.ts", loaded.frames, loaded.size)
 
 
 def _num(x: float) -> float | None:
