@@ -4,10 +4,10 @@ video model beat the single-frame one, and does its Grad-CAM point at the lesion
 1. ``alnnode phantom --n N --seed S`` (skipped when the manifest exists),
 2. ``alnnode train`` TIN (ResNet-18 variant, Grad-CAM on layer3) with 5-fold patient-grouped CV -> OOF predictions,
 3. the same for the static ResNet50 on each loop's static image (manifest ``static_frame``), same folds and settings,
-4. Grad-CAM pointing game: each fold's TIN bundle (``workers.inference.predict``) on its own held-out
-   positives, CAM peak at the key frame inside (or within ``--pointing-tolerance`` px of) the mask (``masks/CASE.npz``),
-5. ``alnnode evaluate`` on both OOF prediction files: AUCs with DeLong CIs, the paired DeLong test and the
-   pointing game; ``OUT/learn.json`` gathers the numbers.
+4. ``alnnode evaluate --predictions tin=... resnet50=... --fold-cams --manifest ...`` on both OOF prediction
+   files: AUCs with DeLong CIs, the paired DeLong test and McNemar, and the cross-validated Grad-CAM pointing
+   game (each fold's bundle explains its own held-out positives; CAM peak at the key frame inside, or within
+   ``--pointing-tolerance`` px of, the mask ``masks/CASE.npz``); ``OUT/learn.json`` gathers the numbers.
 
 Usage: ``python bench/learn.py --out /tmp/learn/run --size 112 --epochs 12`` (the recorded CPU run of bench/learn.md).
 """
@@ -15,49 +15,18 @@ Usage: ``python bench/learn.py --out /tmp/learn/run --size 112 --epochs 12`` (th
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from workers.bundle import parse_option
-from workers.research import evaluate, stats
+from workers.cli_args import parse_option
+from workers.research import evaluate
 from workers.research.phantom import generate
 from workers.research.train import train_cv
-
-
-def pointing_predictions(run: Path, manifest: Path, out_csv: Path) -> dict[str, Any]:
-    """Copy ``run/oof_predictions.csv`` to ``out_csv`` adding key frame and CAM peak for held-out positives
-    (each predicted by the bundle of the fold that held it out); returns the predict-vs-training-eval gap."""
-    from workers.inference import predict
-
-    with (run / "oof_predictions.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    gaps = []
-    started = time.perf_counter()
-    for r in rows:
-        r.update(key_frame="", cam_peak_y="", cam_peak_x="")
-    for r in sorted(rows, key=lambda r: int(r["fold"])):  # one fold's bundle at a time (loaded once)
-        if r["label"] != "1":
-            continue
-        pred = predict(run / f"fold{r['fold']}" / "bundle", r["path"], device="cpu")
-        frames = list(pred.cam_frames)
-        if pred.key_frame in frames:
-            y, x = stats.cam_peak(np.asarray(pred.cam[frames.index(pred.key_frame)]))
-            r.update(key_frame=pred.key_frame, cam_peak_y=int(y), cam_peak_x=int(x))
-        gaps.append(abs(pred.probability - float(r["score"])))
-    fields = ["case_id", "label", "score", "key_frame", "cam_peak_y", "cam_peak_x", "patient_id", "fold", "path"]
-    with out_csv.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
-    return {"n_predicted": len(gaps), "mean_abs_gap_predict_vs_train_eval": float(np.mean(gaps)),
-            "max_abs_gap": float(np.max(gaps)), "seconds": time.perf_counter() - started}  # fmt: skip
 
 
 def main() -> int:
@@ -65,6 +34,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/learn/run"))
     p.add_argument("--phantoms", type=Path, default=None, help="phantom folder (default OUT/phantoms)")
     p.add_argument("--n", type=int, default=200)
+    p.add_argument("--phantom-size", default="160x208", help="phantom frame size HxW")
+    p.add_argument("--phantom-frames", type=int, default=32)
     p.add_argument("--phantom-seed", type=int, default=11)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -92,7 +63,8 @@ def main() -> int:
     manifest = phantoms / "manifest.csv"
     if not manifest.is_file():
         t = time.perf_counter()
-        generate(phantoms, args.n, seed=args.phantom_seed, frames=32, size=(160, 208))  # as in bench/learn.md
+        h, w = (int(v) for v in args.phantom_size.split("x"))
+        generate(phantoms, args.n, seed=args.phantom_seed, frames=args.phantom_frames, size=(h, w))
         logging.info("phantoms: %d loops in %.0f s", args.n, time.perf_counter() - t)
     result: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "phantoms": str(phantoms)}}
     preds = []
@@ -103,20 +75,19 @@ def main() -> int:
                      progress=False, schedule=args.schedule, cache_dir=args.out / "cache", resume=True)  # fmt: skip
         result[arch] = {"oof_auc": s.oof_auc, "oof_ci": s.oof_ci, "mean_fold_auc": s.mean_auc, "sd_fold_auc": s.sd_auc,
                         "fold_auc": [f.val_auc for f in s.folds], "best_fold": s.best_fold, "seconds": s.seconds}  # fmt: skip
-        if args.stage == "train":
-            continue
-        csv_path = args.out / f"{arch}.csv"
-        result[arch]["pointing_predict"] = pointing_predictions(args.out / arch, manifest, csv_path)
-        preds.append(csv_path)
+        preds.append(f"{arch}={args.out / arch / 'oof_predictions.csv'}")
         (args.out / "learn.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.stage == "train":
         return 0
-    rc = evaluate.main(["--predictions", *map(str, preds), "--manifest", str(manifest), "--out", str(args.out / "eval"),
-                        "--pointing-tolerance", str(args.pointing_tolerance)])  # fmt: skip
+    t = time.perf_counter()
+    rc = evaluate.main(["--predictions", *preds, "--manifest", str(manifest), "--out", str(args.out / "eval"),
+                        "--fold-cams", "--pointing-tolerance", str(args.pointing_tolerance), "--overwrite"])  # fmt: skip
+    result["evaluate_seconds"] = time.perf_counter() - t
     metrics = json.loads((args.out / "eval" / "metrics.json").read_text())
     result["evaluate"] = {"models": {k: {m: v[m] for m in ("auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity",
                                                           "specificity") if m in v} for k, v in metrics["models"].items()},
-                          "comparisons": metrics["comparisons"], "localisation": metrics["localisation"], "rc": rc}  # fmt: skip
+                          "comparisons": metrics["comparisons"], "localisation": metrics["localisation"],
+                          "analysis": metrics["analysis"], "rc": rc}  # fmt: skip
     result["seconds"] = time.perf_counter() - started
     (args.out / "learn.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result["evaluate"], indent=2, default=str))

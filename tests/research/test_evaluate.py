@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from workers.prediction import Box, ModelInfo, Prediction
 from workers.research import evaluate, stats
@@ -170,6 +173,24 @@ def test_bad_readers_and_disagreeing_labels(study: dict[str, Path], tmp_path: Pa
 
 
 # ------------------------------------------------------------------------------- bundle run + Grad-CAM
+def _tiny_loop(path: Path, number: int, frames: int = 2) -> Path:
+    """A minimal 2-frame 4x4 grey US multi-frame object whose InstanceNumber tells the stand-in predictor
+    which loop it is."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.InstanceNumber, ds.NumberOfFrames = "US", number, frames
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(16 * frames)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def _loop_manifest(tmp_path: Path, n: int = 12) -> tuple[Path, np.ndarray]:
     """Loops (stand-in files), a manifest and masks/CASE.npz with a lesion box per frame; one mask missing."""
     root = tmp_path / "loops"
@@ -177,7 +198,7 @@ def _loop_manifest(tmp_path: Path, n: int = 12) -> tuple[Path, np.ndarray]:
     y = (np.arange(n) % 2).astype(int)
     rows = []
     for i in range(n):
-        (root / f"loop{i}.dcm").write_bytes(bytes([i]) * 16)
+        _tiny_loop(root / f"loop{i}.dcm", i)
         rows.append([f"loop{i}.dcm", y[i], f"P{i}", f"case{i}"])
         if i == n - 1:
             continue  # a case without a mask is left out, not an error
@@ -190,7 +211,7 @@ def _loop_manifest(tmp_path: Path, n: int = 12) -> tuple[Path, np.ndarray]:
 
 def _predict(bundle: Path, path: Path) -> Prediction:
     """Deterministic stand-in for workers.inference.predict: CAM peak in the lesion for even-numbered loops."""
-    i = path.read_bytes()[0]
+    i = int(pydicom.dcmread(path, stop_before_pixels=True).InstanceNumber)
     cam = np.zeros((2, 32, 32), np.float32)
     cam[1, 15, 15 if i % 2 == 0 else 28] = 1.0
     return Prediction(sop_instance_uid=f"1.2.3.{i}", probability=0.2 + 0.05 * i,
@@ -231,7 +252,7 @@ def test_predictions_with_cam_peaks_and_manifest_report_localisation(tmp_path: P
     assert "Pointing game" in (out / "report.md").read_text()
     # odd loops peak at (15, 28), 9 px right of the mask's last column (19): hits with a 9-px tolerance
     assert evaluate.main(["--predictions", str(csv_path), "--manifest", str(manifest), "--out", str(out),
-                          "--pointing-tolerance", "9"]) == 0  # fmt: skip
+                          "--pointing-tolerance", "9", "--overwrite"]) == 0  # fmt: skip
     loc = json.loads((out / "metrics.json").read_text())["localisation"]["predictions"]
     assert (loc["tolerance_px"], loc["hits"], loc["share"], loc["hits_strict"], loc["share_strict"]) == (9, 10, 1.0, 5, 0.5)
 
@@ -243,8 +264,8 @@ def test_negative_pointing_tolerance_is_a_clear_error(tmp_path: Path, capsys: py
 
 
 def test_manifest_static_frame_is_read_and_bad_values_named(tmp_path: Path) -> None:
-    for name in ("a.dcm", "b.dcm"):
-        (tmp_path / name).write_bytes(b"x")
+    for i, name in enumerate(("a.dcm", "b.dcm")):
+        _tiny_loop(tmp_path / name, i, frames=8)
     good = _write(tmp_path / "m.csv", ["path", "label", "patient_id", "static_frame"], [["a.dcm", 1, "p1", 7], ["b.dcm", 0, "p2", ""]])
     assert [r.static_frame for r in evaluate.read_manifest(good)] == [7, None]
     bad = _write(tmp_path / "bad.csv", ["path", "label", "patient_id", "static_frame"], [["a.dcm", 1, "p1", "-3"]])

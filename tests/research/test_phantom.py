@@ -57,7 +57,7 @@ def test_files_decode_as_us_multiframe(phantom_sets: Sets, syntax: str) -> None:
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.3.1"
     assert ds.file_meta.TransferSyntaxUID == SYNTAX_UIDS[syntax]
     assert ds.Manufacturer == "aln-node phantom"
-    assert ds.PatientName == "PHANTOM^0000" and ds.PatientID == "PH0000"
+    assert ds.PatientName == "PHANTOM^5-0000" and ds.PatientID == "PH5-0000"
     assert ds.FrameIncrementPointer == 0x00181063 and float(ds.FrameTime) == 50.0
     assert ds.PhotometricInterpretation == ("YBR_FULL_422" if syntax == "jpeg" else "MONOCHROME2")
     pixels = ds.pixel_array
@@ -202,7 +202,7 @@ def test_label_noise_flips_recorded_labels_but_not_true_ones(tmp_path: Path) -> 
 
 def test_several_loops_per_patient_share_patient_study_and_label(tmp_path: Path) -> None:
     cases = generate(tmp_path, 5, seed=2, frames=4, size=(64, 96), syntax="explicit", loops_per_patient=2)
-    assert [c.patient_id for c in cases] == ["PH0000", "PH0000", "PH0001", "PH0001", "PH0002"]
+    assert [c.patient_id for c in cases] == ["PH2-0000", "PH2-0000", "PH2-0001", "PH2-0001", "PH2-0002"]
     assert cases[0].study_instance_uid == cases[1].study_instance_uid != cases[2].study_instance_uid
     assert cases[0].true_label == cases[1].true_label and cases[2].true_label == cases[3].true_label
     assert len({c.sop_instance_uid for c in cases}) == 5

@@ -140,8 +140,10 @@ def case_uid(seed: int, key: str, *parts: int | str) -> UID:
 
 @dataclass(frozen=True)
 class DicomIds:
-    """Identifiers and dates of one synthetic loop (no real-looking names; PatientID ``PH0007`` style)."""
+    """Identifiers and dates of one synthetic loop (no real-looking names; PatientID ``PH1-0007`` style: seed 1,
+    patient 7, so that data sets made with different seeds can be pooled without two patients sharing an ID)."""
 
+    seed: int
     patient_number: int
     study_uid: UID
     series_uid: UID
@@ -156,7 +158,7 @@ class DicomIds:
         """Identifiers of loop ``index`` (the ``loop``-th of ``patient``): one study per patient, one series
         per loop; UIDs and dates depend only on the arguments."""
         when = dt.datetime(2024, 1, 1, 8, 0) + dt.timedelta(days=patient % 700, minutes=(37 * patient) % 540 + 3 * loop)
-        return cls(patient, case_uid(seed, "study", patient), case_uid(seed, "series", index),
+        return cls(seed, patient, case_uid(seed, "study", patient), case_uid(seed, "series", index),
                    case_uid(seed, "sop", index), loop + 1, when, "LR"[patient % 2], 35 + (patient * 7) % 40)
 
     @property
@@ -166,11 +168,16 @@ class DicomIds:
 
     @property
     def patient_id(self) -> str:
-        return f"PH{self.patient_number:04d}"
+        return f"PH{self.seed}-{self.patient_number:04d}"
 
     @property
     def patient_name(self) -> str:
-        return f"PHANTOM^{self.patient_number:04d}"
+        return f"PHANTOM^{self.seed}-{self.patient_number:04d}"
+
+    @property
+    def short_id(self) -> str:
+        """At most 16 characters (SH: Study ID, Accession Number): seed and patient, unique for seeds < 10**9."""
+        return f"{self.seed % 10**9}{self.patient_number:06d}"[-15:]
 
 
 def build_dataset(frames: np.ndarray, region: Region, ids: DicomIds, syntax: str) -> Dataset:
@@ -204,8 +211,8 @@ def build_dataset(frames: np.ndarray, region: Region, ids: DicomIds, syntax: str
     ds.StudyInstanceUID = ids.study_uid
     ds.StudyDate, ds.StudyTime = date, time
     ds.ReferringPhysicianName = ""
-    ds.StudyID = ids.patient_id
-    ds.AccessionNumber = f"A{ids.patient_number:07d}"
+    ds.StudyID = ids.short_id
+    ds.AccessionNumber = f"A{ids.short_id}"
     ds.StudyDescription = "US BREAST SYNTHETIC PHANTOM"
     # Series and equipment (C.7.3.1, C.7.5.1).
     ds.Modality = "US"

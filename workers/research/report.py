@@ -167,9 +167,23 @@ def _html_table(table: Table) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def provenance_table(metrics: dict[str, Any]) -> Table:
+    prov = metrics.get("provenance") or {}
+    rows = [["date (UTC)", str(prov.get("date", ""))], ["command", str(prov.get("command", ""))]]
+    rows += [[f"input ({f['role']})", f"{f['path']} sha256 {f['sha256']}"] for f in prov.get("inputs", [])]
+    rows += [[f"model {name}", ", ".join(f"{k}: {v}" for k, v in uids.items())]
+             for name, uids in prov.get("model_uids", {}).items()]  # fmt: skip
+    rows.append(["versions", ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items() if v)])
+    return ["Item", "Value"], rows
+
+
 def _sections(metrics: dict[str, Any]) -> list[tuple[str, str, Table | None]]:
+    analysis = metrics.get("analysis") or {}
+    variance = analysis.get("auc_variance", "DeLong")
     out: list[tuple[str, str, Table | None]] = [
-        ("Models", "AUC 95 % CI by DeLong; proportions with exact Clopper–Pearson 95 % CIs; "
+        ("Unit of analysis", f"{analysis.get('unit', 'loop')} level; AUC variance: {variance}. "
+                             f"{analysis.get('note', '')}", None),
+        ("Models", f"AUC 95 % CI by {variance}; proportions with exact Clopper–Pearson 95 % CIs; "
                    "kappa (calls vs pathology) ± Fleiss–Cohen–Everitt SE.", model_table(metrics))]
     if metrics["comparisons"]:
         out.append(("AUC comparisons", "DeLong's test: paired on shared case ids, else independent samples "
@@ -183,6 +197,9 @@ def _sections(metrics: dict[str, Any]) -> list[tuple[str, str, Table | None]]:
         out.append(("Grad-CAM localisation", "Pointing game: share of key frames whose CAM peak lies in the "
                     "ground-truth mask of the discriminative structure (strict), or within the tolerance of it "
                     "(Zhang et al., IJCV 2018).", localisation_table(metrics)))
+    if metrics.get("provenance"):
+        out.append(("Provenance", "Inputs with SHA-256, model UIDs of the bundles, software versions, date and "
+                    "command line of this report.", provenance_table(metrics)))
     return out
 
 

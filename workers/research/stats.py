@@ -4,8 +4,10 @@
   the 95 % CI is ``auc ± z·sqrt(var)`` clipped to [0, 1] as in ``pROC::ci.auc(method="delong")``.
 * DeLong's test for two correlated ROC curves (``pROC::roc.test(paired=TRUE)``) and for two independent
   curves (``paired=FALSE``: pROC's D statistic with a Welch–Satterthwaite t reference, not a plain z).
-* Exact Clopper–Pearson intervals for proportions, Cohen's kappa with the Fleiss–Cohen–Everitt (1969)
-  large-sample SE (MedCalc's, which reproduces the study's Table 3), McNemar's test for paired calls.
+* Exact Clopper–Pearson intervals for proportions (scipy), Cohen's kappa with the Fleiss–Cohen–Everitt (1969)
+  large-sample SE (MedCalc's, which reproduces the study's Table 3), McNemar's test for paired calls
+  (statsmodels), ROC and PR curves (scikit-learn). DeLong stays here: no maintained Python library
+  reproduces pROC's paired and unpaired tests, and the suite checks it against R.
 
 Every function scores "higher score = positive" (pROC's ``direction="<"``).
 """
@@ -164,15 +166,14 @@ def delong_unpaired(
 
 
 def clopper_pearson(k: int, n: int, conf_level: float = 0.95) -> tuple[float, float] | None:
-    """Exact (Clopper–Pearson) CI of k/n; ``None`` when n == 0."""
+    """Exact (Clopper–Pearson) CI of k/n (``scipy.stats.binomtest(...).proportion_ci(method="exact")``);
+    ``None`` when n == 0."""
     if n == 0:
         return None
     if not 0 <= k <= n:
         raise ValueError(f"count k={k} outside 0..n={n}")
-    alpha = 1.0 - conf_level
-    lo = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(sps.beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=conf_level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)
@@ -273,46 +274,46 @@ class McNemar:
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> McNemar:
-    """McNemar's test of two paired boolean vectors (e.g. "call was correct" for two readers).
+    """McNemar's test of two paired boolean vectors (e.g. "call was correct" for two readers), by statsmodels.
 
     Exact two-sided binomial test when there are fewer than 25 discordant pairs, else the chi-square
     statistic with continuity correction ``(|b-c|-1)^2/(b+c)`` on 1 df.
     """
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
     x, y = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
     if x.shape != y.shape:
         raise ValueError(f"McNemar needs paired vectors, got lengths {x.size} and {y.size}")
     nb, nc = int((x & ~y).sum()), int((~x & y).sum())
     disc = nb + nc
+    table = [[int((x & y).sum()), nb], [nc, int((~x & ~y).sum())]]
     if disc < MCNEMAR_EXACT_BELOW:
-        p = 1.0 if disc == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(nb, nc), disc, 0.5)))
+        p = 1.0 if disc == 0 else min(1.0, float(sm_mcnemar(table, exact=True).pvalue))
         return McNemar(int(x.size), nb, nc, None, p, "exact binomial")
-    stat = (abs(nb - nc) - 1.0) ** 2 / disc
-    return McNemar(int(x.size), nb, nc, stat, float(sps.chi2.sf(stat, 1)), "chi-square, continuity-corrected")
+    res = sm_mcnemar(table, exact=False, correction=True)
+    return McNemar(int(x.size), nb, nc, float(res.statistic), float(res.pvalue), "chi-square, continuity-corrected")
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Empirical ROC: ``(fpr, tpr, thresholds)`` from (0,0) to (1,1), calling ``score >= threshold``."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    thr = np.unique(s)[::-1]
-    tp = np.array([(s[y] >= t).sum() for t in thr], dtype=np.float64)
-    fp = np.array([(s[~y] >= t).sum() for t in thr], dtype=np.float64)
-    tpr = np.concatenate([[0.0], tp / max(y.sum(), 1)])
-    fpr = np.concatenate([[0.0], fp / max((~y).sum(), 1)])
-    return fpr, tpr, np.concatenate([[np.inf], thr])
+    """Empirical ROC ``(fpr, tpr, thresholds)`` from (0,0) to (1,1), calling ``score >= threshold``
+    (``sklearn.metrics.roc_curve`` keeping every threshold)."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    y = np.asarray(labels).astype(int)
+    fpr, tpr, thr = sk_roc_curve(y, np.asarray(scores, dtype=np.float64), pos_label=1, drop_intermediate=False)
+    return np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64), np.asarray(thr, dtype=np.float64)
 
 
 def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision–recall points ``(recall, precision)`` and average precision (step-wise sum)."""
-    y = np.asarray(labels).astype(bool)
-    _, tpr, thr = roc_curve(labels, scores)
+    """Precision–recall points ``(recall, precision)`` from recall 0 (precision 1) up, and the average
+    precision ``sum (R_n - R_{n-1}) P_n`` (``sklearn.metrics.precision_recall_curve`` and
+    ``average_precision_score``)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
-    called = np.array([(s >= t).sum() for t in thr[1:]], dtype=np.float64)
-    tp = tpr[1:] * y.sum()
-    precision = np.concatenate([[1.0], tp / np.maximum(called, 1)])
-    recall = tpr
-    ap = float(np.sum(np.diff(recall) * precision[1:]))
-    return recall, precision, ap
+    precision, recall, _ = precision_recall_curve(y, s, pos_label=1, drop_intermediate=False)
+    return recall[::-1].astype(np.float64), precision[::-1].astype(np.float64), float(average_precision_score(y, s))
 
 
 def cam_peak(plane: np.ndarray) -> tuple[int, int]:

@@ -17,14 +17,12 @@ and, with ``--ensemble``, ``ensemble_predictions.csv`` (mean of the fold models)
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,11 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.bundle import parse_option, save_bundle
+from workers.bundle import save_bundle
+from workers.cli_args import (
+    Once,
+    OnceFlag,
+    Parser,
+    check_out_dir,
+    merge_options,
+    parse_option,
+    print_error,
+    setup_logging,
+)
 from workers.models import ARCHS, STATIC_ARCHS
 from workers.research import stats
-from workers.research.evaluate import EvaluationError
+from workers.research.inputs import EvaluationError
 from workers.research.train_data import (
+    CACHE_MAX_GB,
     EvalClips,
     FrameCache,
     ManifestRow,
@@ -94,14 +103,17 @@ def train_cv(
     batch: int = 4, frames: int = 16, size: int = 224, device: str | None = None, seed: int = 0,
     resume: bool = False, options: dict[str, Any] | None = None, progress: bool = True, ensemble: bool = False,
     workers: int = 0, synthetic: bool | None = None, select: str = "last", schedule: str = "constant",
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, overwrite: bool = False, keep_cache: bool = False,
+    cache_max_gb: float | None = None,
 ) -> Summary:
     """Cross-validate ``arch`` on the loops of ``manifest`` and write bundles, predictions and curves to ``out``.
 
     ``synthetic`` (None: every DICOM's Manufacturer is "aln-node phantom") sets the bundles' synthetic_only.
     ``select="last"`` keeps each fold's final weights; ``"best"`` its epoch with the highest held-out AUC
     (optimistic: the held-out fold then chose the epoch). ``schedule="cosine"`` anneals lr to 0 (not the
-    study's). ``cache_dir`` (default ``out/cache``) holds the decoded frames and may be shared between runs.
+    study's). ``cache_dir`` holds the decoded frames and may be shared between runs; the default ``out/cache``
+    is removed at the end unless ``keep_cache``. ``out`` must be new or empty unless ``resume`` or
+    ``overwrite``; the run is refused when the decoded frames would take more than ``cache_max_gb``.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
@@ -111,13 +123,17 @@ def train_cv(
         raise ValueError(f"epochs, batch, frames must be >= 1 and lr > 0, got {epochs}, {batch}, {frames}, {lr}")
     started = time.perf_counter()
     manifest, out = Path(manifest), Path(out)
+    check_out_dir(out, overwrite=overwrite, resume=resume, ours=TRAIN_OUTPUTS)
     rows = read_manifest(manifest)
     splits = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], folds, seed)
     dev = resolve_device(device)
     synthetic_only = is_synthetic(rows) if synthetic is None else synthetic
     data = describe_data(manifest, rows, synthetic_only)
     base = base_for(size)
-    cache = FrameCache(Path(cache_dir) if cache_dir else out / "cache", base)
+    cache = FrameCache(Path(cache_dir) if cache_dir else out / "cache", base, max_gb=cache_max_gb)
+    cache.check_budget(rows)
+    logger.info("%s: %d folds x %d epochs on %d loops (%d patients), %s px, T=%d, on %s", arch, folds, epochs,
+                len(rows), data.patients, size, frames, dev)  # fmt: skip
     cache.warm(rows, progress)
     out.mkdir(parents=True, exist_ok=True)
     opts = dict(options or {})
@@ -157,6 +173,7 @@ def train_cv(
     if best_dir.exists():
         shutil.rmtree(best_dir)
     shutil.copytree(summaries[best].bundle, best_dir)
+    _add_torchscript(best_dir)  # the deployed bundle stands alone (models/model.ts for configs/inference.json)
     oof_path = _write_predictions(out / "oof_predictions.csv", rows, oof, fold_of)
     _write_history(out / "history.csv", history)
     plot_curves(history, out / "curves.png", title=f"{arch}: {folds}-fold cross-validation")
@@ -176,11 +193,21 @@ def train_cv(
         summary.notes.append("static baseline: trained on one random frame per loop and step (rows without "
                              "static_frame); evaluated on every sampled frame of the evaluation clips with mean "
                              "logits")  # fmt: skip
+    if not cache_dir and not keep_cache:
+        cache.remove()
     summary.seconds = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(_clean(asdict(summary)), indent=2) + "\n")
     logger.info("%s: OOF AUC %.3f (%.3f-%.3f), folds %s, best fold %d, %.0f s", arch, est.auc, est.ci_low,
                 est.ci_high, np.round(aucs, 3).tolist(), best, summary.seconds)  # fmt: skip
     return summary
+
+
+def _add_torchscript(bundle: Path) -> None:
+    from workers.bundle import load_bundle
+    from workers.bundle_export import save_torchscript
+
+    loaded = load_bundle(bundle)
+    save_torchscript(loaded.model, bundle / "models" / "model.ts", loaded.frames, loaded.size)
 
 
 def _num(x: float) -> float | None:
@@ -282,48 +309,62 @@ def train_demo_bundle(
                 "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at {phantom_size[0]}x{phantom_size[1]}"}  # fmt: skip
     logger.info("demo bundle: held-out AUC %.3f on %d loops", result.val_auc, len(val_idx))
     return save_bundle(result.model.cpu(), out_dir / "bundle", arch="tin", options=cfg.build_options(),
-                       name="aln-tin18-demo", synthetic_only=True, training=training)  # fmt: skip
+                       name="aln-tin18-demo", synthetic_only=True, training=training, torchscript=True)  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alnnode train", description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", type=Path, required=True, help="CSV path,label,patient_id[,case_id]")
-    p.add_argument("--arch", required=True, choices=ARCHS)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--frames", type=int, default=16, help="clip length T")
-    p.add_argument("--size", type=int, default=224, help="model input side")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from each fold's checkpoint")
-    p.add_argument("--ensemble", action="store_true", help="also write the fold-ensemble predictions")
-    p.add_argument("--options", nargs="*", default=[], type=parse_option, metavar="KEY=VALUE",
-                   help="model options, e.g. depth=18")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--synthetic", choices=("auto", "yes", "no"), default="auto",
+TRAIN_OUTPUTS = ("fold*", "best", "oof_predictions.csv", "ensemble_predictions.csv", "history.csv", "curves.png",
+                 "summary.json", "cache")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="alnnode train", description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", type=Path, required=True, action=Once,
+                   help="CSV path,label,patient_id[,case_id][,static_frame]")
+    p.add_argument("--arch", required=True, choices=ARCHS, action=Once)
+    p.add_argument("--out", type=Path, required=True, action=Once, help="output folder (empty or new)")
+    p.add_argument("--overwrite", action=OnceFlag, help="replace the results of an earlier run in --out")
+    p.add_argument("--resume", action=OnceFlag, help="continue the run in --out from each fold's checkpoint")
+    p.add_argument("--folds", type=int, default=5, action=Once)
+    p.add_argument("--epochs", type=int, default=300, action=Once,
+                   help="epochs per fold (the study's recipe; a CPU needs minutes per epoch at 224 px)")
+    p.add_argument("--lr", type=float, default=1e-4, action=Once, help="Adam learning rate")
+    p.add_argument("--batch", type=int, default=4, action=Once)
+    p.add_argument("--frames", type=int, default=16, action=Once, help="clip length T")
+    p.add_argument("--size", type=int, default=224, action=Once, help="model input side in pixels")
+    p.add_argument("--device", default="auto", action=Once, help="auto|cpu|cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, action=Once)
+    p.add_argument("--ensemble", action=OnceFlag, help="also write the fold-ensemble predictions")
+    p.add_argument("--options", "--option", nargs="+", action="extend", default=[], type=parse_option,
+                   metavar="KEY=VALUE", help="model options, repeat or list them: --options depth=18 cam_layer=layer3")
+    p.add_argument("--workers", type=int, default=0, action=Once, help="DataLoader worker processes")
+    p.add_argument("--synthetic", choices=("auto", "yes", "no"), default="auto", action=Once,
                    help="bundle synthetic_only (auto: DICOM Manufacturer is 'aln-node phantom')")
-    p.add_argument("--select", choices=("last", "best"), default="last", help="fold weights kept: last epoch or best held-out")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule")
-    p.add_argument("--cache", type=Path, default=None, help="decoded-frame cache folder (default OUT/cache)")
+    p.add_argument("--select", choices=("last", "best"), default="last", action=Once,
+                   help="fold weights kept: last epoch or best held-out")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant", action=Once,
+                   help="learning-rate schedule")
+    p.add_argument("--cache", type=Path, default=None, action=Once,
+                   help="decoded-frame cache folder, kept (default: OUT/cache, removed when the run ends)")
+    p.add_argument("--keep-cache", action=OnceFlag, help="keep OUT/cache after the run")
+    p.add_argument("--cache-max-gb", type=float, default=CACHE_MAX_GB, action=Once,
+                   help="refuse to start when the decoded frames would need more disk than this")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``alnnode train``; 0 on success, 2 with a one-line error on bad input."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     synthetic = {"auto": None, "yes": True, "no": False}[args.synthetic]
     try:
+        options = merge_options(args.options)
         s = train_cv(args.manifest, args.arch, args.out, folds=args.folds, epochs=args.epochs, lr=args.lr,
                      batch=args.batch, frames=args.frames, size=args.size, device=args.device, seed=args.seed,
-                     resume=args.resume, options=dict(args.options), ensemble=args.ensemble, workers=args.workers,
-                     synthetic=synthetic, select=args.select, schedule=args.schedule, cache_dir=args.cache)  # fmt: skip
+                     resume=args.resume, options=options, ensemble=args.ensemble, workers=args.workers,
+                     synthetic=synthetic, select=args.select, schedule=args.schedule, cache_dir=args.cache,
+                     overwrite=args.overwrite, keep_cache=args.keep_cache, cache_max_gb=args.cache_max_gb)  # fmt: skip
     except (EvaluationError, ValueError, OSError) as exc:
-        print(f"alnnode train: error: {exc}", file=sys.stderr)
+        print_error("alnnode train", exc)
         return 2
     for f in s.folds:
         print(f"fold {f.fold}: held-out AUC {f.val_auc:.3f} (epoch {f.epoch}; best {f.best_val_auc:.3f} at {f.best_epoch})")

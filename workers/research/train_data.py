@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ from torch.utils.data import Dataset
 
 from workers.decode import load_clip
 from workers.preprocess import find_image_region, make_transform, sample_clip_indices
-from workers.research.evaluate import ManifestRow, read_manifest
+from workers.research.inputs import ManifestRow, read_manifest
 from workers.research.phantom_dicom import MANUFACTURER as PHANTOM_MANUFACTURER
+from workers.research.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,53 +47,68 @@ def base_for(size: int) -> int:
 def grouped_stratified_folds(
     labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0
 ) -> list[np.ndarray]:
-    """Validation indices of ``n_folds`` folds: every group (patient) in exactly one fold, classes balanced.
-
-    Greedy like scikit-learn's ``StratifiedGroupKFold(shuffle=True)``: groups are shuffled with ``seed``,
-    sorted by how unevenly their samples spread over the classes (stable), and each goes to the fold where
-    it least increases the spread of per-class fold shares (ties: the smallest fold, then the lowest index).
+    """Validation indices of ``n_folds`` folds: every group (patient) in exactly one fold, classes balanced
+    (``sklearn.model_selection.StratifiedGroupKFold(shuffle=True, random_state=seed)``).
 
     Raises
     ------
     ValueError
         Fewer groups than folds, or mismatched lengths.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     y = np.asarray(labels, dtype=int)
     if len(y) != len(groups):
         raise ValueError(f"{len(y)} labels but {len(groups)} groups")
-    names, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    if n_folds < 2 or len(names) < n_folds:
-        raise ValueError(f"need 2 <= folds <= number of patients, got folds={n_folds} and {len(names)} patients")
-    classes = np.unique(y)
-    counts = np.zeros((len(names), len(classes)))
-    np.add.at(counts, (inverse, np.searchsorted(classes, y)), 1)
-    rng = np.random.default_rng([seed, 7])
-    order = rng.permutation(len(names))
-    order = order[np.argsort(-np.std(counts[order], axis=1), kind="stable")]
-    per_class = counts.sum(axis=0)
-    fold_counts = np.zeros((n_folds, len(classes)))
-    assignment = np.empty(len(names), dtype=int)
-    for g in order:
-        spreads = []
-        for k in range(n_folds):
-            trial = fold_counts.copy()
-            trial[k] += counts[g]
-            spreads.append(float(np.mean(np.std(trial / per_class, axis=0))))
-        best = min(range(n_folds), key=lambda k: (round(spreads[k], 12), fold_counts[k].sum(), k))
-        fold_counts[best] += counts[g]
-        assignment[g] = best
-    sample_fold = assignment[inverse]
-    return [np.flatnonzero(sample_fold == k) for k in range(n_folds)]
+    n_groups = len(set(groups))
+    if n_folds < 2 or n_groups < n_folds:
+        raise ValueError(f"need 2 <= folds <= number of patients, got folds={n_folds} and {n_groups} patients")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only k members": our own message is clearer
+        warnings.simplefilter("ignore", UserWarning)
+        folds = [np.sort(val) for _, val in splitter.split(np.zeros(len(y)), y, np.asarray(groups, dtype=str))]
+    if any(f.size == 0 for f in folds):
+        raise ValueError(f"folds={n_folds}: some fold holds no patient; use fewer folds")
+    return folds
 
 
 # ------------------------------------------------------------------------------------------- cache
-class FrameCache:
-    """Decode each loop once: cropped, resized to ``base`` x ``base``, uint8 (F, base, base, 3) ``.npy``."""
+#: default bound of the decoded-frame cache (``alnnode train --cache-max-gb``)
+CACHE_MAX_GB = 20.0
 
-    def __init__(self, folder: Path, base: int) -> None:
+
+class FrameCache:
+    """Decode each loop once: cropped, resized to ``base`` x ``base``, uint8 (F, base, base, 3) ``.npy``.
+
+    Every epoch reads every loop, so an evicting cache would decode again each epoch; instead the cache is
+    bounded up front (:meth:`check_budget` refuses a run whose frames would exceed ``max_gb``) and
+    removable (:meth:`remove`, done by ``alnnode train`` for its default ``OUT/cache``).
+    """
+
+    def __init__(self, folder: Path, base: int, max_gb: float | None = None) -> None:
         self.folder = Path(folder)
         self.base = int(base)
+        self.max_gb = CACHE_MAX_GB if max_gb is None else float(max_gb)
         self.folder.mkdir(parents=True, exist_ok=True)
+
+    def check_budget(self, rows: Sequence[ManifestRow]) -> float:
+        """GB the cached frames of ``rows`` will take; ValueError naming both numbers above ``max_gb``."""
+        frames = 0
+        for row in rows:
+            ds = pydicom.dcmread(row.path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+            frames += int(ds.get("NumberOfFrames", 1) or 1)
+        need = frames * self.base * self.base * 3 / 1e9
+        if need > self.max_gb:
+            raise ValueError(f"--cache-max-gb {self.max_gb:g}: the decoded frames of {len(rows)} loops "
+                             f"({frames} frames at {self.base} px) need {need:.1f} GB; lower --size or raise the limit")  # fmt: skip
+        return need
+
+    def remove(self) -> None:
+        """Delete the cache folder and everything in it."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        logger.info("removed the frame cache %s", self.folder)
 
     def path_for(self, dicom: Path) -> Path:
         st = dicom.stat()
@@ -118,10 +135,8 @@ class FrameCache:
 
     def warm(self, rows: Sequence[ManifestRow], progress: bool = False) -> None:
         """Decode every loop not cached yet (once, before the first epoch)."""
-        from tqdm import tqdm
-
         todo = [r for r in rows if not self.path_for(r.path).is_file()]
-        for row in tqdm(todo, desc="decode+cache", disable=not progress or not todo, leave=False):
+        for row in show_progress(todo, "decode+cache", enabled=progress and bool(todo)):
             self.frames(row.path)
 
 

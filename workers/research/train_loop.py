@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from workers.inference import configure_determinism
 from workers.models import STATIC_ARCHS, ClipClassifier, build
 from workers.research import stats
+from workers.research.progress import on_terminal
+from workers.research.progress import progress as show_progress
 from workers.research.train_data import ClipDataset, EvalClips, FrameCache, ManifestRow
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def evaluate_rows(model: ClipClassifier, rows: list[ManifestRow], clips: EvalCli
     model.eval()
     scores, losses = [], []
     with torch.no_grad(), _autocast(device):
-        for row in tqdm(rows, desc="validate", leave=False, disable=not progress):
+        for row in show_progress(rows, "validate", enabled=progress and on_terminal()):
             batch = clips(row)
             logits = torch.cat([model(c.to(device)).float() for c in batch.split(_EVAL_CHUNK)])
             target = torch.full((len(logits),), row.label, dtype=torch.long, device=logits.device)
@@ -176,9 +177,8 @@ def train_fold(
                           seed=derive_seed(cfg.seed, cfg.fold, 1))  # fmt: skip
     clips = EvalClips(cache, cfg.frames, cfg.size, static_image=single)
     drop_last = len(dataset) % cfg.batch == 1 and len(dataset) > cfg.batch  # BatchNorm cannot train on 1 frame
-    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.arch} fold {cfg.fold}", disable=not progress,
-               initial=start, total=cfg.epochs)  # fmt: skip
-    for epoch in bar:
+    # one INFO line per epoch below; a bar only on a terminal (workers.research.progress)
+    for epoch in show_progress(range(start, cfg.epochs), f"{cfg.arch} fold {cfg.fold}", enabled=progress, leave=True):
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, cfg.fold, epoch, 2))  # dropout
         dataset.epoch = epoch
@@ -190,7 +190,7 @@ def train_fold(
                             generator=torch.Generator().manual_seed(derive_seed(cfg.seed, cfg.fold, epoch, 3)))  # fmt: skip
         model.train()
         losses, labels, scores = [], [], []
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+        for x, y in show_progress(loader, f"epoch {epoch + 1}", enabled=progress and on_terminal()):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device):
@@ -211,7 +211,6 @@ def train_fold(
         if not math.isnan(val_auc) and val_auc > best["auc"]:
             best = {"epoch": epoch + 1, "auc": val_auc, "scores": val_scores,
                     "state": _cpu_state(model) if cfg.select == "best" else None}  # fmt: skip
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", auc=f"{row['train_auc']:.3f}", val_auc=f"{val_auc:.3f}")
         logger.info("fold %d epoch %d/%d: train loss %.4f AUC %.3f, val loss %.4f AUC %.3f (%.1f s)", cfg.fold,
                     epoch + 1, cfg.epochs, row["train_loss"], row["train_auc"], val_loss, val_auc, row["seconds"])  # fmt: skip
         if checkpoint is not None:
