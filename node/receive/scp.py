@@ -36,6 +36,7 @@ from node.receive.guard import (
     GuardedSocket,
     install_temp_file_factory,
     ticker,
+    wake_pending,
 )
 from node.receive.validate import Limits, check_received
 from node.spool import Spool
@@ -239,6 +240,7 @@ class Receiver:
     def handle_closed(self, event: evt.Event) -> None:
         # The transport can close before the reactor reports the abort that caused it.
         assoc = event.assoc
+        wake_pending(assoc)
         try:
             aborted = assoc.is_aborted or assoc.acse.is_aborted()
         except (AttributeError, IndexError):
