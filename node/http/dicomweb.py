@@ -1,7 +1,10 @@
-"""DICOMweb services of the node (PS3.18): STOW-RS, QIDO-RS, WADO-RS."""
+"""DICOMweb services of the node (PS3.18): STOW-RS (``dicomweb_stow``), QIDO-RS and WADO-RS (``dicomweb_query``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from node.http import dicomweb_stow
+
 router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
+router.include_router(dicomweb_stow.router)
