@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from node.http import dicomweb_stow
+from node.http import dicomweb_query, dicomweb_stow
 
 router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
 router.include_router(dicomweb_stow.router)
+router.include_router(dicomweb_query.router)
