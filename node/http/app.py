@@ -13,8 +13,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node import __version__
 from node.config import Settings
@@ -50,6 +52,20 @@ def create_app(
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code not in (401, 403):  # auth refusals are logged by node.http.auth
+            client = request.client.host if request.client else "?"
+            logger.warning(
+                "HTTP %s %s from %s: %d %s",
+                request.method,
+                request.url.path,
+                client,
+                exc.status_code,
+                exc.detail,
+            )
+        return await http_exception_handler(request, exc)
 
     from node.http import dicomweb, ups
 

@@ -171,7 +171,7 @@ def _boundary(content_type: str) -> bytes:
             415, f"multipart type {part_type.decode('latin-1')!r} is not supported (only application/dicom)"
         )
     boundary = params.get(b"boundary", b"").strip(b'"')
-    if not boundary or len(boundary) > 70:  # RFC 2046 5.1.1
+    if not boundary or len(boundary) > 200:  # RFC 2046 5.1.1 says 70; Orthanc sends two UUIDs (73)
         raise HTTPException(400, "multipart/related without a valid boundary parameter")
     return boundary
 
