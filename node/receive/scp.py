@@ -39,6 +39,7 @@ from node.receive.guard import (
     ticker,
     wake_pending,
 )
+from node.receive.tls import TlsServer, server_context, tls_verdict
 from node.receive.validate import Limits
 from node.spool import Spool
 
@@ -87,6 +88,7 @@ class Receiver:
     _in_use: set[Path] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last_sweep: float = 0.0
+    tls_server: GuardedServer | None = None
 
     @property
     def limits(self) -> Limits:
@@ -155,6 +157,8 @@ class Receiver:
         if not getattr(rq, "presentation_context_definition_list", None):
             return self._reject(event, REJECT_NO_REASON, "no presentation context proposed")
         verdict = self.policy(calling, called, host)
+        if verdict is None and (why := tls_verdict(self.settings, calling, assoc.dul.socket.socket if assoc.dul.socket else None)):
+            verdict = REJECT_CALLING_AE, why  # certificate binding of [[peers]] (node.receive.tls)
         if verdict is not None:
             return self._reject(event, *verdict)
         peer = self.is_peer(calling, host)
@@ -357,6 +361,19 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
         ]
 
+    def _start_tls(self, ae: AE, limits: ConnectionLimits) -> GuardedServer:
+        tls = self.settings.tls
+        assert tls.port is not None
+        server = cast(
+            GuardedServer,
+            ae.make_server((self.settings.node.host, tls.port), evt_handlers=self.handlers(), server_class=TlsServer,
+                           limits=limits, incoming=self.spool.incoming, ssl_context=server_context(tls)),
+        )  # fmt: skip
+        ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="alnnode-tls-acceptor", daemon=True).start()
+        logger.info("DICOM TLS listening on %s:%d", *server.server_address[:2])
+        return server
+
     def start(self, block: bool = False) -> GuardedServer:
         """Listen on the configured host/port (in a background thread unless ``block``); returns the server."""
         _config.STORE_RECV_CHUNKED_DATASET = True  # pynetdicom's documented switch (no in-memory data sets)
@@ -383,7 +400,12 @@ class Receiver:
         ae._servers.append(server)  # so that server.shutdown() / ae.shutdown() find it, as start_server does
         stop = threading.Event()
         server.on_shutdown.append(stop.set)
-        ticker(TICK_SECONDS, stop, [server.close_overdue, self.reap_ended, self.sweep_incoming])
+        tasks: list[Callable[[], object]] = [server.close_overdue, self.reap_ended, self.sweep_incoming]
+        if self.settings.tls.port is not None:  # DICOM TLS beside the plain port (node.receive.tls)
+            self.tls_server = self._start_tls(ae, limits)
+            server.on_shutdown.append(self.tls_server.shutdown)
+            tasks.append(self.tls_server.close_overdue)
+        ticker(TICK_SECONDS, stop, tasks)
         if block:
             server.serve_forever()
         else:
