@@ -178,6 +178,14 @@ class Destination(_Section):
     path: Path | None = None
     calling_ae_title: str | None = None
     timeout: float = Field(30.0, gt=0)
+    # DICOM TLS for kind = "dimse" (PS3.15 B.9): the server certificate is verified against
+    # tls_ca_certificates (else the system store) and its name against tls_server_name (else host);
+    # tls_certificate/tls_private_key: the node's client certificate, when the PACS requires one.
+    tls: bool = False
+    tls_ca_certificates: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str | None = None
     # The pipeline retries transient faults (destination down, busy) for `retry_for` seconds with
     # exponential backoff and jitter between `backoff_seconds` and `backoff_max_seconds`, without
     # holding a worker; permanent faults fail at once. `max_attempts` bounds `deliver()` (library use).
