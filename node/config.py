@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -147,7 +148,7 @@ class StorageSection(_Section):
     data_dir: Path = Path("var")
     min_free_mb: int = Field(512, ge=0)  # below this, C-STORE answers 0xA700 out of resources
     fsync: bool = True
-    ledger_url: str | None = None  # any SQLAlchemy URL; default sqlite:///<data_dir>/ledger.sqlite
+    ledger_url: Secret | None = None  # any SQLAlchemy URL; default sqlite:///<data_dir>/ledger.sqlite
 
     @field_validator("data_dir")
     @classmethod
@@ -173,8 +174,8 @@ class Destination(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     url: str | None = None
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
     path: Path | None = None
     calling_ae_title: str | None = None
     timeout: float = Field(30.0, gt=0)
@@ -198,7 +199,9 @@ class Destination(_Section):
     @classmethod
     def _kind(cls, v: str) -> str:
         if v not in DESTINATION_KINDS:
-            raise ValueError(f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})")
+            raise ValueError(
+                f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})"
+            )
         return v
 
     @field_validator("ae_title", "calling_ae_title")
@@ -221,7 +224,7 @@ class Destination(_Section):
 
 
 class QueueSection(_Section):
-    broker_url: SecretStr | None = None  # None: embedded durable local transport under data_dir
+    broker_url: Secret | None = None  # None: embedded durable local transport under data_dir
     # Redis re-delivers an unacknowledged message after this long: it must exceed the longest task,
     # or a running task would be handed to a second worker. Dead workers are found by heartbeats.
     visibility_timeout: float = Field(3600.0, gt=0)
@@ -330,7 +333,9 @@ class HttpSection(_Section):
     def _safe(self) -> HttpSection:
         if (self.tls_certificate is None) != (self.tls_private_key is None):
             raise ValueError("http.tls_certificate and http.tls_private_key go together")
-        if self.require_client_certificate and (self.tls_ca_certificates is None or self.tls_certificate is None):
+        if self.require_client_certificate and (
+            self.tls_ca_certificates is None or self.tls_certificate is None
+        ):
             raise ValueError("http.require_client_certificate needs HTTPS and http.tls_ca_certificates")
         for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
             path = getattr(self, name)
@@ -434,7 +439,9 @@ class Settings(BaseSettings):
 
     @property
     def ledger_url(self) -> str:
-        return self.storage.ledger_url or f"sqlite:///{self.storage.data_dir / 'ledger.sqlite'}"
+        if self.storage.ledger_url is not None:
+            return self.storage.ledger_url.get_secret_value()
+        return f"sqlite:///{self.storage.data_dir / 'ledger.sqlite'}"
 
     @classmethod
     def settings_customise_sources(
@@ -503,6 +510,14 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def mask_secrets(text: str) -> str:
+    """Mask the password of every ``scheme://user:password@`` URL in ``text`` (errors, logs, the ledger)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
+
+
 def effective_toml(settings: Settings) -> str:
     """Render the effective configuration as TOML (secrets masked) for ``alnnode config check``."""
 
@@ -511,27 +526,34 @@ def effective_toml(settings: Settings) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     def table(header: str, data: dict[str, Any]) -> list[str]:
         lines = [header]
         for key, value in data.items():
-            if value is None:
+            if (
+                value is None
+                or isinstance(value, dict)
+                or (isinstance(value, list) and value and isinstance(value[0], dict))
+            ):
                 continue
-            if key in ("password", "token"):
-                value = "***"
-            elif key in ("ledger_url", "broker_url"):
-                value = mask_url(str(value))
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                value = mask_url(secret) if "://" in secret else "***"
+            elif isinstance(value, str):
+                value = mask_secrets(value)
             lines.append(f"{key} = {scalar(value)}")
         return lines + [""]
 
-    dumped = settings.model_dump()
     out: list[str] = []
-    for section in ("node", "storage", "queue", "model", "retention"):
-        out += table(f"[{section}]", dumped[section])
-    for peer in dumped["peers"]:
-        out += table("[[peers]]", peer)
-    for dest in dumped["destinations"]:
-        out += table("[[destinations]]", dest)
+    for section in ("node", "storage", "queue", "model", "retention", "tls", "http"):
+        out += table(f"[{section}]", dict(getattr(settings, section)))
+    for cred in settings.http.credentials:
+        out += table("[[http.credentials]]", dict(cred))
+    for name in ("peers", "destinations", "sources"):
+        for item in getattr(settings, name):
+            out += table(f"[[{name}]]", dict(item))
     out.insert(0, f"# ledger: {mask_url(settings.ledger_url)}")
     return "\n".join(out)

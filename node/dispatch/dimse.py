@@ -73,7 +73,9 @@ def _associate(dest: Destination, calling_ae: str, contexts: list[tuple[str, str
 
         context = client_context(dest.tls_ca_certificates, dest.tls_certificate, dest.tls_private_key)
         tls_args = (context, dest.tls_server_name or dest.host)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=handlers, tls_args=tls_args)
+    assoc = ae.associate(
+        dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=handlers, tls_args=tls_args
+    )
     if assoc.is_established:
         return assoc
     where = _where(dest)
