@@ -37,7 +37,7 @@ def create_app(
         title="aln-node",
         version=__version__,
         description=f"DICOMweb and UPS-RS services of the aln-node AI node ({RESEARCH_NOTICE}).",
-        docs_url=None,  # no unauthenticated pages: the OpenAPI schema is served to admins only
+        docs_url=None,  # no unauthenticated pages (no /docs, /redoc, /openapi.json)
         redoc_url=None,
         openapi_url=None,
     )

@@ -2,8 +2,8 @@
 
 A request carries ``Authorization: Bearer <token>`` or ``Basic <user:password>`` (RFC 6750, RFC 7617).
 No credential or a wrong one: 401 with ``WWW-Authenticate``; a valid one without the role: 403. There
-is no anonymous access. Roles: ``modality`` (STOW-RS), ``viewer`` (QIDO-RS, WADO-RS, UPS-RS reads and
-workitem creation), ``admin`` (everything, the admin API). Stored hashes are scrypt (``node.http.hashing``);
+is no anonymous access. Roles: ``modality`` (STOW-RS, creating UPS-RS workitems), ``viewer`` (QIDO-RS,
+WADO-RS, UPS-RS reads), ``admin`` (everything, the admin API). Stored hashes are scrypt (``node.http.hashing``);
 a verified credential is remembered by the SHA-256 of what was presented, so only the first request of a
 client pays the key derivation.
 

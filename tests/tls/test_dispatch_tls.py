@@ -35,12 +35,27 @@ def tls_orthanc(tmp_path: Path) -> Iterator[tuple[OrthancServer, dict[str, Cert]
     server.kill()
 
 
-def test_dispatch_to_orthanc_over_tls(tls_orthanc: tuple[OrthancServer, dict[str, Cert]], tmp_path: Path) -> None:
+def test_dispatch_to_orthanc_over_tls(
+    tls_orthanc: tuple[OrthancServer, dict[str, Cert]], tmp_path: Path
+) -> None:
     orthanc, certs = tls_orthanc
     (loop,) = loop_copies(tmp_path / "in", 1, "tlsout", name="OBXXXX1A_rle_2frame.dcm")
     items = prepare([loop])
-    base = {"name": "pacs", "kind": "dimse", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port, "timeout": 15}
-    dest = Destination(**base, tls=True, tls_ca_certificates=certs["ca"].cert, tls_certificate=certs["node"].cert, tls_private_key=certs["node"].key)
+    base = {
+        "name": "pacs",
+        "kind": "dimse",
+        "ae_title": orthanc.ae_title,
+        "host": "127.0.0.1",
+        "port": orthanc.dicom_port,
+        "timeout": 15,
+    }
+    dest = Destination(
+        **base,
+        tls=True,
+        tls_ca_certificates=certs["ca"].cert,
+        tls_certificate=certs["node"].cert,
+        tls_private_key=certs["node"].key,
+    )
     send_dimse(dest, items, "ALN_AI")
     assert orthanc.orthanc_id(items[0].sop_instance_uid) is not None
     # the PACS's certificate is not trusted without its CA; plain DICOM cannot talk to a TLS port
