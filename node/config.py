@@ -425,6 +425,12 @@ class Settings(BaseSettings):
             if key in seen:
                 raise ValueError(f"peers[{i}].ae_title = {peer.ae_title!r}: duplicate peer")
             seen.add(key)
+        for i, peer in enumerate(self.peers):
+            if (peer.tls_subject or peer.tls_fingerprint) and self.tls.port is None:
+                raise ValueError(f"peers[{i}].ae_title = {peer.ae_title!r}: bound to a TLS certificate, but [tls] port is not set")
+        sources = [s.name for s in self.sources]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sources: duplicate name {next(n for n in sources if sources.count(n) > 1)!r}")
         names: set[str] = set()
         for i, dest in enumerate(self.destinations):
             if dest.name in names:
