@@ -41,7 +41,11 @@ def stow(url: str, files: list[Path], headers: dict[str, str]) -> float:
         s.headers["Accept"] = "application/dicom+json"
         t0 = time.perf_counter()
         for f in files:
-            body = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode()
+            body = (
+                f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + f.read_bytes()
+                + f"\r\n--{BOUNDARY}--\r\n".encode()
+            )
             r = s.post(url, data=body, timeout=120)
             if r.status_code != 200:
                 raise SystemExit(f"STOW-RS to {url} answered {r.status_code}: {r.text[:500]}")
@@ -54,19 +58,26 @@ def run_node(work: Path, files: list[Path]) -> float:
     cfg.write_text(
         f'[node]\nae_title = "ALN_AI"\nhost = "127.0.0.1"\nport = {port}\n'
         f'[storage]\ndata_dir = "{work / "var"}"\nmin_free_mb = 100\nfsync = true\n'
-        f'[http]\nenabled = true\nport = {http_port}\n'
+        f"[http]\nenabled = true\nport = {http_port}\n"
         f'[[http.credentials]]\nname = "bench"\nrole = "modality"\ntoken_hash = "{make_hash(TOKEN)}"\n'
     )
     log = work / "node.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--allow-root", "--config", str(cfg)], stdout=fh, stderr=fh, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve", "--allow-root", "--config", str(cfg)],
+            stdout=fh,
+            stderr=fh,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 60
         while b"listening on" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"node did not start: {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
-        return stow(f"http://127.0.0.1:{http_port}/dicom-web/studies", files, {"Authorization": f"Bearer {TOKEN}"})
+        return stow(
+            f"http://127.0.0.1:{http_port}/dicom-web/studies", files, {"Authorization": f"Bearer {TOKEN}"}
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -86,7 +97,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     args = ap.parse_args()
     if not shutil.which("Orthanc") and not Path("/usr/sbin/Orthanc").exists():
-        sys.stderr.write("bench/stow.py needs Orthanc and its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb)\n")
+        sys.stderr.write(
+            "bench/stow.py needs Orthanc and its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb)\n"
+        )
         return 2
     node_t, ref_t = [], []
     with tempfile.TemporaryDirectory(prefix="alnnode-bench-") as tmp:
@@ -96,7 +109,9 @@ def main() -> int:
             ref_t.append(run_orthanc(work, files))
             node_t.append(run_node(work, files))
             shutil.rmtree(work)
-            sys.stdout.write(f"round {r + 1}: node {node_t[-1]:.2f} s, Orthanc {ref_t[-1]:.2f} s, ratio {node_t[-1] / ref_t[-1]:.2f}\n")
+            sys.stdout.write(
+                f"round {r + 1}: node {node_t[-1]:.2f} s, Orthanc {ref_t[-1]:.2f} s, ratio {node_t[-1] / ref_t[-1]:.2f}\n"
+            )
     node_m, ref_m = statistics.median(node_t), statistics.median(ref_t)
     mb = args.n * 6.1
     sys.stdout.write(

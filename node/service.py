@@ -100,6 +100,7 @@ class Node:
     def start(self) -> tuple[str, int]:
         """Recover, start the job plane and workers, and listen; returns (host, port)."""
         self.pending = recover(self.spool, self.ledger)
+        self._start_http()  # first: a port in use or a bad certificate stops start-up before any worker
         if not self.settings.queue.broker_url and self.broker is not None:
             # Embedded: every claim in the ledger was our previous workers', which died with us.
             resend_claims_of(self.ledger, self.broker, None, reason="the node restarted during the stage")
@@ -109,7 +110,6 @@ class Node:
         self.reaper.start()
         threading.Thread(target=retention_loop, args=(self.settings, self.ledger, self._stop), name="alnnode-retention", daemon=True).start()
         self.server = self.receiver.start(block=False)
-        self._start_http()
         host, port = self.server.server_address[:2]
         if self.bundle is not None:
             note = " — RESEARCH MODEL, not for diagnostic use" if self.bundle.research_only else ""

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from node.config import Settings
+from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ class HttpServer:
             if http.tls_ca_certificates is not None:
                 kwargs["ssl_ca_certs"] = str(http.tls_ca_certificates)
             kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED if http.require_client_certificate else ssl.CERT_NONE
+        try:  # a key that does not match its certificate, a passphrase-protected key: one line, no traceback
+            if http.tls_certificate is not None:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    str(http.tls_certificate), str(http.tls_private_key)
+                )
+        except (ssl.SSLError, OSError) as exc:
+            raise NodeError(f"http.tls_certificate/tls_private_key cannot be used: {exc}") from None
         self.config = uvicorn.Config(
             app,
             log_config=None,  # the node's logging (node.logs) handles uvicorn's loggers
@@ -51,9 +59,7 @@ class HttpServer:
             self.sock.bind((http.host, http.port))
         except OSError as exc:
             self.sock.close()
-            raise OSError(
-                exc.errno, f"cannot listen for HTTP on {http.host}:{http.port}: {exc.strerror}"
-            ) from None
+            raise NodeError(f"cannot listen for HTTP on {http.host}:{http.port}: {exc.strerror}") from None
         self.sock.listen(128)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self._thread: threading.Thread | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Peer, Settings, TlsSection
+from node.errors import NodeError
 from node.receive.guard import GuardedServer
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ def server_context(tls: TlsSection) -> ssl.SSLContext:
     assert tls.certificate is not None and tls.private_key is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195 (RFC 9325), PS3.15 B.9
-    ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    try:
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        if tls.ca_certificates is not None:
+            ctx.load_verify_locations(cafile=str(tls.ca_certificates))
+    except (ssl.SSLError, OSError) as exc:  # one line naming the keys, no traceback
+        raise NodeError(f"[tls] certificate/private_key/ca_certificates cannot be used: {exc}") from None
     if tls.ca_certificates is not None:
-        ctx.load_verify_locations(cafile=str(tls.ca_certificates))
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
     return ctx
 

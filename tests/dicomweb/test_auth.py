@@ -119,3 +119,30 @@ def test_token_maker_prints_a_usable_entry(capsys: pytest.CaptureFixture[str], t
     assert Authenticator(settings.http.credentials).authenticate(f"Bearer {token}") == Principal(
         "pacs", "modality"
     )
+
+
+def test_http_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.helpers import ALNNODE, ROOT, free_port, write_config
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        busy = held.getsockname()[1]
+        cfg = write_config(
+            tmp_path / "alnnode.toml",
+            port=free_port(),
+            data_dir=tmp_path / "var",
+            extra=f"[http]\nenabled = true\nport = {busy}\n",
+        )
+        out = subprocess.run(
+            [*ALNNODE, "serve", "--allow-root", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+    assert out.returncode == 1 and f"cannot listen for HTTP on 127.0.0.1:{busy}" in out.stderr
+    assert "Traceback" not in out.stderr
