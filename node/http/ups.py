@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicom-web", tags=["UPS-RS"])
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-LABEL = "ALN AI classification (research use only, not for diagnostic use)"
+LABEL = "ALN AI classification - research use, not for diagnostic use"  # LO: 64 chars at most
 
 
 def workitems(request: Request) -> Workitems:
