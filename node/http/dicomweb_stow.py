@@ -320,12 +320,11 @@ async def stow(
     status = 200 if not failed else 409 if not stored else 202
     headers = {}
     if failed:  # PS3.18 8.6.3: a human-readable reason per failure, without patient data
-        headers["Warning"] = (
-            "299 alnnode "
-            + '"'
-            + "; ".join(
-                f"{r[0].get('instance', 'part')[:64]}: 0x{r[1][0]:04X} {r[1][1]}" for r in results if r[1]
-            )[:900].replace('"', "'")
-            + '"'
+        text = "; ".join(
+            f"{uids.get('instance', 'part')[:64]}: 0x{f[0]:04X} {f[1]}" for uids, f in results if f
         )
+        text = "".join(
+            c if 0x20 <= ord(c) < 0x7F and c != '"' else "?" for c in text[:900]
+        )  # a header is ASCII
+        headers["Warning"] = f'299 alnnode "{text}"'
     return JSONResponse(body.to_json_dict(), status_code=status, media_type=DICOM_JSON, headers=headers)

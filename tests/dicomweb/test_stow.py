@@ -67,6 +67,7 @@ def test_stow_statuses_limits_and_sigkill(http_node: HttpNode, tmp_path: Path) -
     reply = Dataset.from_json(r.json())
     assert len(reply.FailedSOPSequence) == 1 and len(reply.ReferencedSOPSequence) == 1
     assert reply.FailedSOPSequence[0].FailureReason == STATUS_CANNOT_UNDERSTAND
+    assert "0xC000" in r.headers["warning"]  # the reason in words (PS3.18 8.6.3), no patient data
     assert (
         reply.FailedSOPSequence[0].ReferencedSOPInstanceUID
         == dcmread(third, stop_before_pixels=True).SOPInstanceUID
