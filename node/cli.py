@@ -115,6 +115,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def ready(host: str, port: int) -> None:
         if node.bundle is not None and node.bundle.research_only:
             print(f"alnnode: model {node.bundle.name} is a RESEARCH model (untrained or synthetic-only): research use only", flush=True)
+        if node.http is not None:
+            print(f"alnnode: DICOMweb/UPS-RS on {node.http.url}/dicom-web", flush=True)
         print(f"alnnode: {settings.node.ae_title} listening on {host}:{port} (data in {settings.storage.data_dir})", flush=True)
 
     serve_forever(node, ready)

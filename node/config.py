@@ -6,13 +6,16 @@ line per problem naming the key and the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -58,6 +61,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _indirect_secret(value: Any) -> Any:
+    """``"env:NAME"`` or ``"file:/path"`` in place of a secret: read it from there (once, at start-up).
+
+    Keeps passwords out of the TOML file (systemd ``EnvironmentFile``, Docker/Kubernetes secret files).
+    """
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name!r} named for a secret is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"secret file {str(path)!r} cannot be read: {exc.__class__.__name__}") from None
+    return value
+
+
+# A secret: never printed (SecretStr), given inline, as "env:NAME" or as "file:/path".
+Secret = Annotated[SecretStr, BeforeValidator(_indirect_secret)]
+HTTP_ROLES = ("modality", "viewer", "admin")
+
+
 class NodeSection(_Section):
     ae_title: str = "ALN_AI"
     host: str = "0.0.0.0"
@@ -85,10 +116,27 @@ class NodeSection(_Section):
 
 
 class Peer(_Section):
-    """A modality allowed to associate; when ``host`` is set the peer address must match it."""
+    """A modality allowed to associate; when ``host`` is set the peer address must match it.
+
+    On the DICOM TLS port, ``tls_subject`` (the client certificate's subject CN) or
+    ``tls_fingerprint`` (SHA-256 of the DER certificate, hex, colons allowed) binds the peer to
+    its certificate: another certificate cannot use this AE title.
+    """
 
     ae_title: str
     host: str | None = None
+    tls_subject: str | None = None
+    tls_fingerprint: str | None = None
+
+    @field_validator("tls_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        hexed = v.replace(":", "").lower()
+        if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
+            raise ValueError(f"{v!r} is not a SHA-256 fingerprint (64 hex digits)")
+        return hexed
 
     @field_validator("ae_title")
     @classmethod
@@ -100,7 +148,7 @@ class StorageSection(_Section):
     data_dir: Path = Path("var")
     min_free_mb: int = Field(512, ge=0)  # below this, C-STORE answers 0xA700 out of resources
     fsync: bool = True
-    ledger_url: str | None = None  # any SQLAlchemy URL; default sqlite:///<data_dir>/ledger.sqlite
+    ledger_url: Secret | None = None  # any SQLAlchemy URL; default sqlite:///<data_dir>/ledger.sqlite
 
     @field_validator("data_dir")
     @classmethod
@@ -126,11 +174,19 @@ class Destination(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     url: str | None = None
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
     path: Path | None = None
     calling_ae_title: str | None = None
     timeout: float = Field(30.0, gt=0)
+    # DICOM TLS for kind = "dimse" (PS3.15 B.9): the server certificate is verified against
+    # tls_ca_certificates (else the system store) and its name against tls_server_name (else host);
+    # tls_certificate/tls_private_key: the node's client certificate, when the PACS requires one.
+    tls: bool = False
+    tls_ca_certificates: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str | None = None
     # The pipeline retries transient faults (destination down, busy) for `retry_for` seconds with
     # exponential backoff and jitter between `backoff_seconds` and `backoff_max_seconds`, without
     # holding a worker; permanent faults fail at once. `max_attempts` bounds `deliver()` (library use).
@@ -143,7 +199,9 @@ class Destination(_Section):
     @classmethod
     def _kind(cls, v: str) -> str:
         if v not in DESTINATION_KINDS:
-            raise ValueError(f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})")
+            raise ValueError(
+                f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})"
+            )
         return v
 
     @field_validator("ae_title", "calling_ae_title")
@@ -166,7 +224,7 @@ class Destination(_Section):
 
 
 class QueueSection(_Section):
-    broker_url: SecretStr | None = None  # None: embedded durable local transport under data_dir
+    broker_url: Secret | None = None  # None: embedded durable local transport under data_dir
     # Redis re-delivers an unacknowledged message after this long: it must exceed the longest task,
     # or a running task would be handed to a second worker. Dead workers are found by heartbeats.
     visibility_timeout: float = Field(3600.0, gt=0)
@@ -202,6 +260,128 @@ class ModelSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
+class TlsSection(_Section):
+    """DICOM TLS (PS3.15 B.1 and BCP 195, TLS 1.2+): a second listening port beside [node] port."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # None: no TLS listener; 0: pick a free port (tests)
+    certificate: Path | None = None  # PEM, the node's certificate (chain)
+    private_key: Path | None = None  # PEM
+    ca_certificates: Path | None = None  # PEM bundle that client certificates must chain to
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSection:
+        if self.port is not None and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.port needs tls.certificate and tls.private_key")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("tls.require_client_certificate needs tls.ca_certificates")
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"tls.{name} = {str(path)!r} is not a readable file")
+        return self
+
+
+class Credential(_Section):
+    """An HTTP client: a bearer token or a username + password, each stored only as a hash.
+
+    Make a hash with ``python -m node.http.auth`` (prints a new random token and its hash) or
+    ``python -m node.http.auth --password`` (reads a password from stdin).
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["modality", "viewer", "admin"]  # modality: STOW-RS; viewer: QIDO/WADO/UPS; admin: all
+    token_hash: Secret | None = None
+    username: str | None = None
+    password_hash: Secret | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Credential:
+        from node.http.hashing import check_hash_format
+
+        has_basic = self.username is not None or self.password_hash is not None
+        if (self.token_hash is None) == (not has_basic):
+            raise ValueError(f"credential {self.name!r} needs either token_hash or username + password_hash")
+        if has_basic and (self.username is None or self.password_hash is None):
+            raise ValueError(f"credential {self.name!r} needs both username and password_hash")
+        for key in ("token_hash", "password_hash"):
+            value = getattr(self, key)
+            if value is not None:
+                problem = check_hash_format(value.get_secret_value())
+                if problem:
+                    raise ValueError(f"credentials {self.name!r} {key}: {problem}")
+        return self
+
+
+class HttpSection(_Section):
+    """The node's HTTP application (DICOMweb, UPS-RS, admin API), served by ``alnnode serve``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: pick a free port (tests)
+    tls_certificate: Path | None = None  # PEM: HTTPS when set (with tls_private_key)
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None  # with require_client_certificate: mutual TLS
+    require_client_certificate: bool = False
+    credentials: list[Credential] = []
+    # STOW-RS limits (each instance also obeys [node] max_instance_mb, max_inflated_mb, max_frames)
+    max_request_mb: int = Field(4096, ge=1)  # a body beyond: 413, nothing stored
+    max_parts: int = Field(1000, ge=1)  # parts of one multipart request beyond: 413
+    base_url: str | None = None  # RetrieveURL prefix when behind a proxy (default: the request's own URL)
+
+    @model_validator(mode="after")
+    def _safe(self) -> HttpSection:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("http.tls_certificate and http.tls_private_key go together")
+        if self.require_client_certificate and (
+            self.tls_ca_certificates is None or self.tls_certificate is None
+        ):
+            raise ValueError("http.require_client_certificate needs HTTPS and http.tls_ca_certificates")
+        for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"http.{name} = {str(path)!r} is not a readable file")
+        if self.enabled and not self.credentials and not is_loopback(self.host):
+            raise ValueError(
+                f"http.host = {self.host!r} is not a loopback address: configure [[http.credentials]] first "
+                "(no anonymous access over the network)"
+            )
+        names = [c.name for c in self.credentials]
+        users = [c.username for c in self.credentials if c.username]
+        for seen in (names, users):
+            dup = next((n for n in seen if seen.count(n) > 1), None)
+            if dup is not None:
+                raise ValueError(f"http.credentials: {dup!r} appears twice")
+        return self
+
+
+class Source(_Section):
+    """A DICOMweb archive the node may retrieve studies from (UPS-RS workitems naming a study)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str  # the DICOMweb root, e.g. http://pacs:8042/dicom-web
+    username: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    timeout: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class RetentionSection(_Section):
     """What ``alnnode gc`` and the node's scheduled clean-up delete (node/retention.py). Off by default."""
 
@@ -233,6 +413,9 @@ class Settings(BaseSettings):
     queue: QueueSection = QueueSection()
     model: ModelSection = ModelSection()
     retention: RetentionSection = RetentionSection()
+    tls: TlsSection = TlsSection()
+    http: HttpSection = HttpSection()
+    sources: list[Source] = []
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
@@ -242,6 +425,12 @@ class Settings(BaseSettings):
             if key in seen:
                 raise ValueError(f"peers[{i}].ae_title = {peer.ae_title!r}: duplicate peer")
             seen.add(key)
+        for i, peer in enumerate(self.peers):
+            if (peer.tls_subject or peer.tls_fingerprint) and self.tls.port is None:
+                raise ValueError(f"peers[{i}].ae_title = {peer.ae_title!r}: bound to a TLS certificate, but [tls] port is not set")
+        sources = [s.name for s in self.sources]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sources: duplicate name {next(n for n in sources if sources.count(n) > 1)!r}")
         names: set[str] = set()
         for i, dest in enumerate(self.destinations):
             if dest.name in names:
@@ -256,7 +445,9 @@ class Settings(BaseSettings):
 
     @property
     def ledger_url(self) -> str:
-        return self.storage.ledger_url or f"sqlite:///{self.storage.data_dir / 'ledger.sqlite'}"
+        if self.storage.ledger_url is not None:
+            return self.storage.ledger_url.get_secret_value()
+        return f"sqlite:///{self.storage.data_dir / 'ledger.sqlite'}"
 
     @classmethod
     def settings_customise_sources(
@@ -325,6 +516,14 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def mask_secrets(text: str) -> str:
+    """Mask the password of every ``scheme://user:password@`` URL in ``text`` (errors, logs, the ledger)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
+
+
 def effective_toml(settings: Settings) -> str:
     """Render the effective configuration as TOML (secrets masked) for ``alnnode config check``."""
 
@@ -333,27 +532,34 @@ def effective_toml(settings: Settings) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     def table(header: str, data: dict[str, Any]) -> list[str]:
         lines = [header]
         for key, value in data.items():
-            if value is None:
+            if (
+                value is None
+                or isinstance(value, dict)
+                or (isinstance(value, list) and value and isinstance(value[0], dict))
+            ):
                 continue
-            if key in ("password", "token"):
-                value = "***"
-            elif key in ("ledger_url", "broker_url"):
-                value = mask_url(str(value))
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                value = mask_url(secret) if "://" in secret else "***"
+            elif isinstance(value, str):
+                value = mask_secrets(value)
             lines.append(f"{key} = {scalar(value)}")
         return lines + [""]
 
-    dumped = settings.model_dump()
     out: list[str] = []
-    for section in ("node", "storage", "queue", "model", "retention"):
-        out += table(f"[{section}]", dumped[section])
-    for peer in dumped["peers"]:
-        out += table("[[peers]]", peer)
-    for dest in dumped["destinations"]:
-        out += table("[[destinations]]", dest)
+    for section in ("node", "storage", "queue", "model", "retention", "tls", "http"):
+        out += table(f"[{section}]", dict(getattr(settings, section)))
+    for cred in settings.http.credentials:
+        out += table("[[http.credentials]]", dict(cred))
+    for name in ("peers", "destinations", "sources"):
+        for item in getattr(settings, name):
+            out += table(f"[[{name}]]", dict(item))
     out.insert(0, f"# ledger: {mask_url(settings.ledger_url)}")
     return "\n".join(out)

@@ -55,6 +55,7 @@ class Node:
     reaper: Reaper | None = None
     supervisor: Supervisor | None = None
     extra_worker_args: list[str] = field(default_factory=list)
+    http: Any = None  # node.http.server.HttpServer when [http] enabled (issue #12)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -99,6 +100,7 @@ class Node:
     def start(self) -> tuple[str, int]:
         """Recover, start the job plane and workers, and listen; returns (host, port)."""
         self.pending = recover(self.spool, self.ledger)
+        self._start_http()  # first: a port in use or a bad certificate stops start-up before any worker
         if not self.settings.queue.broker_url and self.broker is not None:
             # Embedded: every claim in the ledger was our previous workers', which died with us.
             resend_claims_of(self.ledger, self.broker, None, reason="the node restarted during the stage")
@@ -115,6 +117,16 @@ class Node:
         logger.info("%s listening on %s:%d", self.settings.node.ae_title, host, port)
         return str(host), int(port)
 
+    def _start_http(self) -> None:
+        """The HTTP application (DICOMweb, UPS-RS, admin) in its own thread, when [http] enabled."""
+        if not self.settings.http.enabled:
+            return
+        from node.http.app import create_app
+        from node.http.server import HttpServer
+
+        self.http = HttpServer(self.settings, create_app(self.settings, self.ledger, spool=self.spool, node=self))
+        self.http.start()
+
     def drain(self, grace: float = DRAIN_SECONDS) -> None:
         """Stop accepting associations and wait up to ``grace`` seconds for the running ones."""
         if self.server is None:
@@ -130,6 +142,8 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.http is not None:
+            self.http.stop()
         self.drain()
         for thread in (self.publisher, self.reaper):
             if thread is not None:

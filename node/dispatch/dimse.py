@@ -55,7 +55,7 @@ def _chunks(items: Sequence[Outgoing]) -> list[list[Outgoing]]:
 
 
 def _where(dest: Destination) -> str:
-    return f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port})"
+    return f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}{', TLS' if dest.tls else ''})"
 
 
 def _associate(dest: Destination, calling_ae: str, contexts: list[tuple[str, str]]) -> Association:
@@ -67,7 +67,15 @@ def _associate(dest: Destination, calling_ae: str, contexts: list[tuple[str, str
     opened: list[bool] = []
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))]
     assert dest.host is not None and dest.port is not None and dest.ae_title is not None
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=handlers)
+    tls_args = None
+    if dest.tls:  # DICOM TLS (node.receive.tls): TLS 1.2+, the PACS's certificate and name verified
+        from node.receive.tls import client_context
+
+        context = client_context(dest.tls_ca_certificates, dest.tls_certificate, dest.tls_private_key)
+        tls_args = (context, dest.tls_server_name or dest.host)
+    assoc = ae.associate(
+        dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=handlers, tls_args=tls_args
+    )
     if assoc.is_established:
         return assoc
     where = _where(dest)

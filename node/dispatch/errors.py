@@ -42,6 +42,11 @@ class Failure:
     transient: bool
     reason: str
 
+    def __post_init__(self) -> None:
+        from node.config import mask_secrets
+
+        object.__setattr__(self, "reason", mask_secrets(self.reason))
+
 
 class DeliveryError(NodeError):
     """An attempt to deliver to one destination failed.
@@ -51,7 +56,9 @@ class DeliveryError(NodeError):
     """
 
     def __init__(self, message: str, *, transient: bool, failures: Iterable[Failure] = ()) -> None:
-        super().__init__(message)
+        from node.config import mask_secrets
+
+        super().__init__(mask_secrets(message))  # the ledger and `alnnode status` never show a URL's password
         self.failures = tuple(failures)
         self.transient = transient and all(f.transient for f in self.failures)
 

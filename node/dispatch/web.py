@@ -16,7 +16,7 @@ from dicomweb_client.session_utils import create_session, create_session_from_us
 from orthanc_api_client import OrthancApiClient
 from orthanc_api_client import exceptions as orthanc_errors
 
-from node.config import Destination
+from node.config import Destination, mask_url
 from node.dispatch.errors import DeliveryError, Failure, http_is_transient, status_is_transient
 from node.dispatch.objects import Outgoing
 
@@ -45,10 +45,12 @@ def _cause(exc: BaseException) -> str:
 def _session(dest: Destination) -> requests.Session:
     if dest.token:
         session = create_session()
-        session.headers["Authorization"] = f"Bearer {dest.token}"
+        session.headers["Authorization"] = f"Bearer {dest.token.get_secret_value()}"
         return session
     if dest.username:
-        return create_session_from_user_pass(dest.username, dest.password or "")
+        return create_session_from_user_pass(
+            dest.username, dest.password.get_secret_value() if dest.password else ""
+        )
     return create_session()
 
 
@@ -71,7 +73,7 @@ def _http_error(where: str, what: str, response: requests.Response | None) -> De
 def send_dicomweb(dest: Destination, items: Sequence[Outgoing]) -> None:
     """STOW-RS every object in one multipart request (PS3.18 10.5)."""
     assert dest.url is not None
-    where = f"{dest.name} ({dest.url})"
+    where = f"{dest.name} ({mask_url(dest.url)})"
     session = _session(dest)
     try:
         client = DICOMwebClient(url=dest.url, session=session, timeout=dest.timeout)
@@ -132,8 +134,13 @@ def _orthanc_failure(
 def send_orthanc(dest: Destination, items: Sequence[Outgoing]) -> None:
     """Upload every object with ``POST /instances`` (Orthanc REST API)."""
     assert dest.url is not None
-    where = f"{dest.name} ({dest.url})"
-    client = OrthancApiClient(dest.url, user=dest.username, pwd=dest.password, api_token=dest.token)
+    where = f"{dest.name} ({mask_url(dest.url)})"
+    client = OrthancApiClient(
+        dest.url,
+        user=dest.username,
+        pwd=dest.password.get_secret_value() if dest.password else None,
+        api_token=dest.token.get_secret_value() if dest.token else None,
+    )
     failures: list[Failure] = []
     try:
         for n, item in enumerate(items):

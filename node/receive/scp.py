@@ -37,6 +37,7 @@ from node.receive.guard import (
     wake_pending,
 )
 from node.receive.store import Storer, printable
+from node.receive.tls import TlsServer, server_context, tls_verdict
 from node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Receiver:
 
     def sweep_incoming(self, force: bool = False) -> int:
         return self.storer.sweep_incoming(force)
+    tls_server: GuardedServer | None = None
 
     # -- association policy -----------------------------------------------------------------
     def _peer(self, assoc: Association) -> tuple[str, str, str, int]:
@@ -140,6 +142,8 @@ class Receiver:
         if not getattr(rq, "presentation_context_definition_list", None):
             return self._reject(event, REJECT_NO_REASON, "no presentation context proposed")
         verdict = self.policy(calling, called, host)
+        if verdict is None and (why := tls_verdict(self.settings, calling, assoc.dul.socket.socket if assoc.dul.socket else None)):
+            verdict = REJECT_CALLING_AE, why  # certificate binding of [[peers]] (node.receive.tls)
         if verdict is not None:
             return self._reject(event, *verdict)
         peer = self.is_peer(calling, host)
@@ -275,6 +279,19 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
         ]
 
+    def _start_tls(self, ae: AE, limits: ConnectionLimits) -> GuardedServer:
+        tls = self.settings.tls
+        assert tls.port is not None
+        server = cast(
+            GuardedServer,
+            ae.make_server((self.settings.node.host, tls.port), evt_handlers=self.handlers(), server_class=TlsServer,
+                           limits=limits, incoming=self.spool.incoming, ssl_context=server_context(tls)),
+        )  # fmt: skip
+        ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="alnnode-tls-acceptor", daemon=True).start()
+        logger.info("DICOM TLS listening on %s:%d", *server.server_address[:2])
+        return server
+
     def start(self, block: bool = False) -> GuardedServer:
         """Listen on the configured host/port (in a background thread unless ``block``); returns the server."""
         _config.STORE_RECV_CHUNKED_DATASET = True  # pynetdicom's documented switch (no in-memory data sets)
@@ -301,7 +318,12 @@ class Receiver:
         ae._servers.append(server)  # so that server.shutdown() / ae.shutdown() find it, as start_server does
         stop = threading.Event()
         server.on_shutdown.append(stop.set)
-        ticker(TICK_SECONDS, stop, [server.close_overdue, self.reap_ended, self.sweep_incoming])
+        tasks: list[Callable[[], object]] = [server.close_overdue, self.reap_ended, self.sweep_incoming]
+        if self.settings.tls.port is not None:  # DICOM TLS beside the plain port (node.receive.tls)
+            self.tls_server = self._start_tls(ae, limits)
+            server.on_shutdown.append(self.tls_server.shutdown)
+            tasks.append(self.tls_server.close_overdue)
+        ticker(TICK_SECONDS, stop, tasks)
         if block:
             server.serve_forever()
         else:

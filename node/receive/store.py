@@ -20,9 +20,10 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 
 from node.config import Settings
-from node.errors import STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
+from node.errors import STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
 from node.ledger import Ledger
-from node.receive.validate import Limits, check_received
+from node.receive.accept import accept, limits_of
+from node.receive.validate import Limits
 from node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,7 @@ class Storer:
 
     @property
     def limits(self) -> Limits:
-        node = self.settings.node
-        return Limits(
-            max_instance_bytes=node.max_instance_mb * 2**20,
-            max_inflated_bytes=node.max_inflated_mb * 2**20,
-            max_frames=node.max_frames,
-        )
+        return limits_of(self.settings)
 
     def handle(
         self, event: evt.Event, aid: int | None, calling_ae: str | None, on_stored: Callable[[str], None] | None
@@ -99,65 +95,22 @@ class Storer:
     def _store(
         self, event: evt.Event, temp: Path, aid: int | None, calling_ae: str | None, on_stored: Callable[[str], None] | None
     ) -> int | Dataset:
-        floor = self.settings.storage.min_free_mb
-        if floor and self.spool.free_mb() < floor:
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"free disk below {floor} MB in the data dir")
         cx = event.context
         request = cast(C_STORE, event.request)
-        info = check_received(
+        accept(  # the same acceptance as STOW-RS (node.receive.accept); raises StoreRejected
+            self.settings,
+            self.spool,
+            self.ledger,
             temp,
             context_sop_class=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax),
             affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
             affected_sop_class=str(request.AffectedSOPClassUID or ""),
-            limits=self.limits,
+            calling_ae=calling_ae,
+            association_id=aid,
+            on_stored=on_stored,
         )
-        uid = info.sop_instance_uid
-        try:
-            known = self.ledger.find(uid)
-        except Exception as exc:
-            logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-            return status_with_comment(STATUS_PROCESSING_FAILURE, "ledger unavailable; not stored")
-        if known is not None:
-            self._note_duplicate(uid)
-            logger.info("C-STORE %s: duplicate of an instance already received, acknowledged", uid)
-            return STATUS_SUCCESS
-        try:
-            rel, new = self.spool.commit(temp, uid)
-        except OSError as exc:
-            logger.error("C-STORE %s: cannot spool: %s", uid, exc)
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror}") from None
-        row = info.ledger_row(rel, calling_ae=calling_ae, association_id=aid)
-        try:
-            iid = self.ledger.add_instance(row)
-        except Exception as exc:  # fail closed: nothing unrecorded stays in the spool
-            logger.error("C-STORE %s: ledger write failed, not stored: %s", uid, exc)
-            if new:
-                self.spool.remove(rel)
-            return status_with_comment(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-        if iid is None:  # the ledger says "already recorded": make sure, never acknowledge unrecorded data
-            try:
-                recorded = self.ledger.find(uid) is not None
-            except Exception as exc:
-                logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-                recorded = False
-            if not recorded:
-                logger.error("C-STORE %s: the ledger refused the row, not stored", uid)
-                if new:
-                    self.spool.remove(rel)
-                return status_with_comment(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-            self._note_duplicate(uid)
-            return STATUS_SUCCESS
-        logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)
-        if on_stored is not None:
-            on_stored(uid)
         return STATUS_SUCCESS
-
-    def _note_duplicate(self, uid: str) -> None:
-        try:
-            self.ledger.note_duplicate(uid)
-        except Exception as exc:  # the instance itself is recorded: the success stands
-            logger.error("C-STORE %s: duplicate not counted: %s", uid, exc)
 
     def sweep_incoming(self, force: bool = False) -> int:
         """Remove temp files untouched for longer than the DIMSE timeout; returns how many."""
