@@ -219,6 +219,15 @@ class RetentionSection(_Section):
     interval_minutes: float = Field(60.0, gt=0)  # how often the node runs the clean-up
 
 
+class AuditSection(_Section):
+    """The audit trail (node/audit.py): DICOM PS3.15 A.5 messages appended to a file, optionally to syslog."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <data_dir>/audit/audit.xml.log
+    syslog_host: str | None = None  # RFC 5424 over UDP (RFC 5426) when set
+    syslog_port: int = Field(514, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     """The whole configuration; sections mirror the TOML file."""
 
@@ -233,6 +242,7 @@ class Settings(BaseSettings):
     queue: QueueSection = QueueSection()
     model: ModelSection = ModelSection()
     retention: RetentionSection = RetentionSection()
+    audit: AuditSection = AuditSection()
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
@@ -349,7 +359,7 @@ def effective_toml(settings: Settings) -> str:
 
     dumped = settings.model_dump()
     out: list[str] = []
-    for section in ("node", "storage", "queue", "model", "retention"):
+    for section in ("node", "storage", "queue", "model", "retention", "audit"):
         out += table(f"[{section}]", dumped[section])
     for peer in dumped["peers"]:
         out += table("[[peers]]", peer)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"--device {device}: CUDA is not available on this host")
     from workers.celery_app import configure
 
-    app = configure(settings, device=device, queues=tuple(queues))
+    app = configure(settings, device=device, queues=tuple(queues), config_path=args.config or os.environ.get("ALNNODE_CONFIG"))
     app.worker_main(
         [
             "worker",

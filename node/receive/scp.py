@@ -21,9 +21,11 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
+from node.audit import AuditLog
 from node.config import Settings
 from node.errors import STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
 from node.ledger import Ledger
+from node.metrics import count_association, count_store
 from node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -81,6 +83,7 @@ class Receiver:
     spool: Spool
     ledger: Ledger
     on_stored: Callable[[str], None] | None = None  # enqueue hook, called with the SOP Instance UID
+    audit: AuditLog | None = None  # PS3.15 A.5 audit trail (node.audit)
     _assocs: dict[int, _Assoc] = field(default_factory=dict)
     _in_use: set[Path] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -135,6 +138,9 @@ class Receiver:
     def _reject(self, event: evt.Event, code: tuple[int, int, int], reason: str) -> None:
         calling, called, host, port = self._peer(event.assoc)
         logger.warning("association from %s@%s:%d rejected: %s", calling, host, port, reason)
+        count_association(calling, accepted=False)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=False, reason=reason)
         try:
             event.assoc.acse.send_reject(*code)
         finally:
@@ -174,6 +180,9 @@ class Receiver:
         with self._lock:
             self._assocs.pop(id(event.assoc), None)
         logger.warning("association from %s@%s:%d rejected by the DICOM layer", calling, host, port)
+        count_association(calling, accepted=False)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=False, reason="rejected by the DICOM layer")
         try:
             self.ledger.record_rejected(calling, called, host, port, "rejected by the DICOM layer")
         except Exception as exc:
@@ -199,6 +208,9 @@ class Receiver:
         if state is None:  # ended before we got here
             self._close_row(aid, "closed")
         logger.info("association %d from %s@%s:%d established", aid, calling, host, port)
+        count_association(calling, accepted=True)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=True)
 
     def _close_row(self, aid: int, outcome: str, reason: str | None = None) -> None:
         try:
@@ -305,6 +317,7 @@ class Receiver:
             with self._lock:
                 self._in_use.discard(temp)
         ok = status == STATUS_SUCCESS
+        count_store(self._peer(event.assoc)[0], size, int(status if isinstance(status, int) else status.Status))
         if aid is not None:
             try:
                 self.ledger.count_store(aid, size, ok=ok)
@@ -363,6 +376,9 @@ class Receiver:
             self._note_duplicate(uid)
             return STATUS_SUCCESS
         logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)
+        if self.audit is not None:
+            calling, _called, host, _port = self._peer(event.assoc)
+            self.audit.transferred(received=True, peer_ae=calling, peer_host=host, study_uid=info.study_instance_uid, sop_classes={info.sop_class_uid: 1})
         if self.on_stored is not None:
             self.on_stored(uid)
         return STATUS_SUCCESS
