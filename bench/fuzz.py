@@ -50,11 +50,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--work", type=Path, help="keep the node's data dir and log here (default: a temp dir)")
     args = ap.parse_args()
     n_pdus = max(args.cases * 23 // 100, 1)
     n_objects = args.cases - n_pdus
     with tempfile.TemporaryDirectory(prefix="alnnode-fuzz-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         port, data = free_port(), work / "var"
         node = NodeProcess(default_config(work / "alnnode.toml", port, data), port, work / "node.log").start()
         assert node.proc is not None

@@ -6,13 +6,15 @@ line per problem naming the key and the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -58,6 +60,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _indirect_secret(value: Any) -> Any:
+    """``"env:NAME"`` or ``"file:/path"`` in place of a secret: read it from there (once, at start-up).
+
+    Keeps passwords out of the TOML file (systemd ``EnvironmentFile``, Docker/Kubernetes secret files).
+    """
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name!r} named for a secret is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"secret file {str(path)!r} cannot be read: {exc.__class__.__name__}") from None
+    return value
+
+
+# A secret: never printed (SecretStr), given inline, as "env:NAME" or as "file:/path".
+Secret = Annotated[SecretStr, BeforeValidator(_indirect_secret)]
+HTTP_ROLES = ("modality", "viewer", "admin")
+
+
 class NodeSection(_Section):
     ae_title: str = "ALN_AI"
     host: str = "0.0.0.0"
@@ -85,10 +115,27 @@ class NodeSection(_Section):
 
 
 class Peer(_Section):
-    """A modality allowed to associate; when ``host`` is set the peer address must match it."""
+    """A modality allowed to associate; when ``host`` is set the peer address must match it.
+
+    On the DICOM TLS port, ``tls_subject`` (the client certificate's subject CN) or
+    ``tls_fingerprint`` (SHA-256 of the DER certificate, hex, colons allowed) binds the peer to
+    its certificate: another certificate cannot use this AE title.
+    """
 
     ae_title: str
     host: str | None = None
+    tls_subject: str | None = None
+    tls_fingerprint: str | None = None
+
+    @field_validator("tls_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        hexed = v.replace(":", "").lower()
+        if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
+            raise ValueError(f"{v!r} is not a SHA-256 fingerprint (64 hex digits)")
+        return hexed
 
     @field_validator("ae_title")
     @classmethod
@@ -202,6 +249,126 @@ class ModelSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
+class TlsSection(_Section):
+    """DICOM TLS (PS3.15 B.1 and BCP 195, TLS 1.2+): a second listening port beside [node] port."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # None: no TLS listener; 0: pick a free port (tests)
+    certificate: Path | None = None  # PEM, the node's certificate (chain)
+    private_key: Path | None = None  # PEM
+    ca_certificates: Path | None = None  # PEM bundle that client certificates must chain to
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSection:
+        if self.port is not None and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.port needs tls.certificate and tls.private_key")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("tls.require_client_certificate needs tls.ca_certificates")
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"tls.{name} = {str(path)!r} is not a readable file")
+        return self
+
+
+class Credential(_Section):
+    """An HTTP client: a bearer token or a username + password, each stored only as a hash.
+
+    Make a hash with ``python -m node.http.auth`` (prints a new random token and its hash) or
+    ``python -m node.http.auth --password`` (reads a password from stdin).
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["modality", "viewer", "admin"]  # modality: STOW-RS; viewer: QIDO/WADO/UPS; admin: all
+    token_hash: Secret | None = None
+    username: str | None = None
+    password_hash: Secret | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Credential:
+        from node.http.hashing import check_hash_format
+
+        has_basic = self.username is not None or self.password_hash is not None
+        if (self.token_hash is None) == (not has_basic):
+            raise ValueError(f"credential {self.name!r} needs either token_hash or username + password_hash")
+        if has_basic and (self.username is None or self.password_hash is None):
+            raise ValueError(f"credential {self.name!r} needs both username and password_hash")
+        for key in ("token_hash", "password_hash"):
+            value = getattr(self, key)
+            if value is not None:
+                problem = check_hash_format(value.get_secret_value())
+                if problem:
+                    raise ValueError(f"credentials {self.name!r} {key}: {problem}")
+        return self
+
+
+class HttpSection(_Section):
+    """The node's HTTP application (DICOMweb, UPS-RS, admin API), served by ``alnnode serve``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: pick a free port (tests)
+    tls_certificate: Path | None = None  # PEM: HTTPS when set (with tls_private_key)
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None  # with require_client_certificate: mutual TLS
+    require_client_certificate: bool = False
+    credentials: list[Credential] = []
+    # STOW-RS limits (each instance also obeys [node] max_instance_mb, max_inflated_mb, max_frames)
+    max_request_mb: int = Field(4096, ge=1)  # a body beyond: 413, nothing stored
+    max_parts: int = Field(1000, ge=1)  # parts of one multipart request beyond: 413
+    base_url: str | None = None  # RetrieveURL prefix when behind a proxy (default: the request's own URL)
+
+    @model_validator(mode="after")
+    def _safe(self) -> HttpSection:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("http.tls_certificate and http.tls_private_key go together")
+        if self.require_client_certificate and (self.tls_ca_certificates is None or self.tls_certificate is None):
+            raise ValueError("http.require_client_certificate needs HTTPS and http.tls_ca_certificates")
+        for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"http.{name} = {str(path)!r} is not a readable file")
+        if self.enabled and not self.credentials and not is_loopback(self.host):
+            raise ValueError(
+                f"http.host = {self.host!r} is not a loopback address: configure [[http.credentials]] first "
+                "(no anonymous access over the network)"
+            )
+        names = [c.name for c in self.credentials]
+        users = [c.username for c in self.credentials if c.username]
+        for seen in (names, users):
+            dup = next((n for n in seen if seen.count(n) > 1), None)
+            if dup is not None:
+                raise ValueError(f"http.credentials: {dup!r} appears twice")
+        return self
+
+
+class Source(_Section):
+    """A DICOMweb archive the node may retrieve studies from (UPS-RS workitems naming a study)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str  # the DICOMweb root, e.g. http://pacs:8042/dicom-web
+    username: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    timeout: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class RetentionSection(_Section):
     """What ``alnnode gc`` and the node's scheduled clean-up delete (node/retention.py). Off by default."""
 
@@ -243,6 +410,9 @@ class Settings(BaseSettings):
     model: ModelSection = ModelSection()
     retention: RetentionSection = RetentionSection()
     audit: AuditSection = AuditSection()
+    tls: TlsSection = TlsSection()
+    http: HttpSection = HttpSection()
+    sources: list[Source] = []
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -60,6 +60,7 @@ class Node:
     supervisor: Supervisor | None = None
     extra_worker_args: list[str] = field(default_factory=list)
     reload_listeners: list[Callable[[Settings], None]] = field(default_factory=list)
+    http: Any = None  # node.http.server.HttpServer when [http] enabled (issue #12)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -116,6 +117,7 @@ class Node:
         self.reaper.start()
         threading.Thread(target=retention_loop, args=(self.settings, self.ledger, self._stop), name="alnnode-retention", daemon=True).start()
         self.server = self.receiver.start(block=False)
+        self._start_http()
         host, port = self.server.server_address[:2]
         if self.bundle is not None:
             note = " — RESEARCH MODEL, not for diagnostic use" if self.bundle.research_only else ""
@@ -156,6 +158,16 @@ class Node:
         for listener in self.reload_listeners:
             listener(after)
 
+    def _start_http(self) -> None:
+        """The HTTP application (DICOMweb, UPS-RS, admin) in its own thread, when [http] enabled."""
+        if not self.settings.http.enabled:
+            return
+        from node.http.app import create_app
+        from node.http.server import HttpServer
+
+        self.http = HttpServer(self.settings, create_app(self.settings, self.ledger, spool=self.spool, node=self))
+        self.http.start()
+
     def drain(self, grace: float = DRAIN_SECONDS) -> None:
         """Stop accepting associations and wait up to ``grace`` seconds for the running ones."""
         if self.server is None:
@@ -171,6 +183,8 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.http is not None:
+            self.http.stop()
         self.drain()
         for thread in (self.publisher, self.reaper):
             if thread is not None:

@@ -61,6 +61,8 @@ class GuardedSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         data = super().recv(nr_bytes)
+        if len(data) < nr_bytes:  # EOF or reset: the connection is over
+            wake_pending(self.assoc)
         if not self._expect_header:
             self._expect_header = True
             return data
@@ -81,9 +83,25 @@ class GuardedSocket(AssociationSocket):
                     raw.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            wake_pending(self.assoc)
             return bytearray()  # pynetdicom reads a short header as "transport closed" (Evt17)
         self._expect_header = False
         return data
+
+
+def wake_pending(assoc: Any) -> None:
+    """End the acceptor thread's wait for an A-ASSOCIATE-RQ that can no longer come.
+
+    pynetdicom's acceptor waits up to its ACSE timeout on the DUL's user queue even after the
+    connection closed, with its DUL thread polling every millisecond meanwhile; a stream of
+    closed-before-request connections would pile up threads. ``None`` on that queue is what its
+    own timeout path sees, so the thread ends at once (association.py ``run_reactor``).
+    """
+    try:
+        if assoc.requestor.primitive is None and assoc.dul.to_user_queue.empty():
+            assoc.dul.to_user_queue.put(None)
+    except AttributeError:
+        pass
 
 
 def _peer_name(sock: socket.socket | None) -> str:

@@ -23,9 +23,10 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node.audit import AuditLog
 from node.config import Settings
-from node.errors import STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
+from node.errors import STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
 from node.ledger import Ledger
 from node.metrics import count_association, count_store
+from node.receive.accept import accept, limits_of
 from node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -38,8 +39,9 @@ from node.receive.guard import (
     GuardedSocket,
     install_temp_file_factory,
     ticker,
+    wake_pending,
 )
-from node.receive.validate import Limits, check_received
+from node.receive.validate import Limits
 from node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -91,12 +93,7 @@ class Receiver:
 
     @property
     def limits(self) -> Limits:
-        node = self.settings.node
-        return Limits(
-            max_instance_bytes=node.max_instance_mb * 2**20,
-            max_inflated_bytes=node.max_inflated_mb * 2**20,
-            max_frames=node.max_frames,
-        )
+        return limits_of(self.settings)
 
     # -- association policy -----------------------------------------------------------------
     def _peer(self, assoc: Association) -> tuple[str, str, str, int]:
@@ -251,6 +248,7 @@ class Receiver:
     def handle_closed(self, event: evt.Event) -> None:
         # The transport can close before the reactor reports the abort that caused it.
         assoc = event.assoc
+        wake_pending(assoc)
         try:
             aborted = assoc.is_aborted or assoc.acse.is_aborted()
         except (AttributeError, IndexError):
@@ -326,68 +324,26 @@ class Receiver:
         return status
 
     def _store(self, event: evt.Event, temp: Path, aid: int | None) -> int | Dataset:
-        floor = self.settings.storage.min_free_mb
-        if floor and self.spool.free_mb() < floor:
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"free disk below {floor} MB in the data dir")
         cx = event.context
         request = cast(C_STORE, event.request)
-        info = check_received(
+        accepted = accept(  # the same acceptance as STOW-RS (node.receive.accept); raises StoreRejected
+            self.settings,
+            self.spool,
+            self.ledger,
             temp,
             context_sop_class=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax),
             affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
             affected_sop_class=str(request.AffectedSOPClassUID or ""),
-            limits=self.limits,
+            calling_ae=self._peer(event.assoc)[0] or None,
+            association_id=aid,
+            on_stored=self.on_stored,
         )
-        uid = info.sop_instance_uid
-        try:
-            known = self.ledger.find(uid)
-        except Exception as exc:
-            logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-            return _status(STATUS_PROCESSING_FAILURE, "ledger unavailable; not stored")
-        if known is not None:
-            self._note_duplicate(uid)
-            logger.info("C-STORE %s: duplicate of an instance already received, acknowledged", uid)
-            return STATUS_SUCCESS
-        try:
-            rel, new = self.spool.commit(temp, uid)
-        except OSError as exc:
-            logger.error("C-STORE %s: cannot spool: %s", uid, exc)
-            raise StoreRejected(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror}") from None
-        row = info.ledger_row(rel, calling_ae=self._peer(event.assoc)[0] or None, association_id=aid)
-        try:
-            iid = self.ledger.add_instance(row)
-        except Exception as exc:  # fail closed: nothing unrecorded stays in the spool
-            logger.error("C-STORE %s: ledger write failed, not stored: %s", uid, exc)
-            if new:
-                self.spool.remove(rel)
-            return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-        if iid is None:  # the ledger says "already recorded": make sure, never acknowledge unrecorded data
-            try:
-                recorded = self.ledger.find(uid) is not None
-            except Exception as exc:
-                logger.error("C-STORE %s: ledger unavailable: %s", uid, exc)
-                recorded = False
-            if not recorded:
-                logger.error("C-STORE %s: the ledger refused the row, not stored", uid)
-                if new:
-                    self.spool.remove(rel)
-                return _status(STATUS_PROCESSING_FAILURE, "ledger write failed; not stored")
-            self._note_duplicate(uid)
-            return STATUS_SUCCESS
-        logger.info("C-STORE %s stored (%d frame(s), %d bytes)", uid, info.frames, info.size)
-        if self.audit is not None:
+        if self.audit is not None and not accepted.duplicate:
             calling, _called, host, _port = self._peer(event.assoc)
+            info = accepted.info
             self.audit.transferred(received=True, peer_ae=calling, peer_host=host, study_uid=info.study_instance_uid, sop_classes={info.sop_class_uid: 1})
-        if self.on_stored is not None:
-            self.on_stored(uid)
         return STATUS_SUCCESS
-
-    def _note_duplicate(self, uid: str) -> None:
-        try:
-            self.ledger.note_duplicate(uid)
-        except Exception as exc:  # the instance itself is recorded: the success stands
-            logger.error("C-STORE %s: duplicate not counted: %s", uid, exc)
 
     # -- the AE -------------------------------------------------------------------------------
     def build_ae(self) -> AE:

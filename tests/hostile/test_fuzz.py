@@ -51,3 +51,5 @@ def test_fuzz_receive_path(default_node: DefaultNode) -> None:
     log = default_node.proc.log.read_text(errors="replace")
     assert "handler error" not in log and "housekeeping failed" not in log
     assert max(peak) < RSS_BOUND_KB, f"node RSS reached {max(peak) // 1024} MB"
+    # no thread leak: what is left after the run is the node's own threads and the idle pool
+    wait_for(lambda: rss_kb(default_node.pid, "Threads") < 30, 30, what="node threads to settle")

@@ -50,3 +50,35 @@ def test_statement_lists_the_objects_the_workers_send() -> None:
     sent = set(uids_in(section(DOC.read_text(encoding="utf-8"), "#### 4.2.6")))
     comprehensive_3d_sr = "1.2.840.10008.5.1.4.1.1.88.34"  # highdicom Comprehensive3DSR
     assert sent == {comprehensive_3d_sr, SC_IMAGE_STORAGE, MULTIFRAME_TRUE_COLOR_SC_STORAGE}
+
+
+def test_statement_lists_the_receive_limits_and_their_defaults() -> None:
+    from node.config import NodeSection
+
+    limits = section(DOC.read_text(encoding="utf-8"), "#### 4.2.3")
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([0-9.]+) \|", limits, re.M))
+    defaults = NodeSection()
+    keys = {
+        "association_timeout", "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
+        "max_associations_per_host", "reserved_peer_slots", "max_pdu_size", "max_instance_mb",
+        "max_inflated_mb", "max_frames",
+    }
+    assert set(rows) == keys, "limits table differs from the [node] limit keys"
+    for key, documented in rows.items():
+        assert float(documented) == float(getattr(defaults, key)), f"{key}: documented {documented}, code {getattr(defaults, key)}"
+
+
+def test_statement_lists_the_statuses_and_rejections_the_scp_uses() -> None:
+    import node.errors as errors
+    import node.receive.scp as scp
+    from node.receive.guard import ABORT_INVALID_PARAMETER
+
+    text = DOC.read_text(encoding="utf-8")
+    statuses = {int(code, 16) for code in re.findall(r"^\| `([0-9A-F]{4})` \|", section(text, "#### 4.2.4"), re.M)}
+    used = {getattr(errors, name) for name in dir(errors) if name.startswith("STATUS_")}
+    assert statuses == used
+    policy = section(text, "#### 4.2.3")
+    documented = set(re.findall(r"\| (\d) [a-z-]+ \| (\d) [a-z ()-]+ \| (\d) [A-Za-z-]+ \|$", policy, re.M))
+    codes = {tuple(str(v) for v in getattr(scp, name)) for name in dir(scp) if name.startswith("REJECT_")}
+    assert documented == codes
+    assert f"reason {ABORT_INVALID_PARAMETER} invalid PDU parameter value" in policy

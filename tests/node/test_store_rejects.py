@@ -317,3 +317,34 @@ def test_unknown_caller_rejected_while_the_ledger_is_down(node_proc: NodeProcess
         assert_serving(node_proc.port)  # a configured peer still gets its echo answered
     finally:
         _trigger(node_env[2], "associations", False)
+
+
+def test_deflated_object_is_accepted(node_proc: NodeProcess, node_env: tuple[Path, int, Path], tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    from node.ledger import Ledger
+
+    ds = dcmread(us_file("US1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    rsp = send_file(node_proc.port, path, US_IMAGE, DeflatedExplicitVRLittleEndian)
+    assert rsp.Status == 0x0000
+    row = Ledger(f"sqlite:///{node_env[2] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
+    assert row is not None and row["transfer_syntax_uid"] == DeflatedExplicitVRLittleEndian
+    assert list(Spool(node_env[2]).incoming.iterdir()) == []
+
+
+def test_instance_over_max_instance_mb_is_refused(tmp_path: Path) -> None:
+    """The limit itself, in-process (sending 2 GiB through loopback to test the default is not a unit test)."""
+    from node.errors import StoreRejected
+    from node.receive.validate import Limits, check_received
+
+    src = us_file("color3d_jpeg_baseline.dcm")  # 6 MB
+    with pytest.raises(StoreRejected) as info:
+        check_received(src, context_sop_class=US_MF, transfer_syntax=JPEG_BASELINE, affected_sop_instance=None,
+                       limits=Limits(max_instance_bytes=2**20))
+    assert info.value.status == 0xA700
+    assert info.value.reason == f"instance is {src.stat().st_size} bytes, over max_instance_mb = 1"

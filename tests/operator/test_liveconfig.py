@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from node.errors import ConfigError, NodeError
 from node.liveconfig import ConfigFile
