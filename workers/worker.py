@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             return _fail(f"--device {device}: CUDA is not available on this host")
+    from node.metrics import ENV_DIR, setup
+
+    if not os.environ.get(ENV_DIR):  # a worker beside the node (not its child): share its metrics folder
+        setup(settings.storage.data_dir, fresh=False)
     from workers.celery_app import configure
 
     app = configure(settings, device=device, queues=tuple(queues), config_path=args.config or os.environ.get("ALNNODE_CONFIG"))

@@ -247,15 +247,15 @@ async def destinations_change(request: Request, principal: AdminUser) -> HTMLRes
     if action == "remove":
         errors = _edit(request, principal, lambda f: f.remove_destination(name))
     else:
-        values: dict[str, Any] = {}
+        old = next((d for d in current_settings(request).destinations if d.name == name), None)
+        # fields the form does not show (retry settings, secrets) stay as they are in the file
+        values: dict[str, Any] = old.model_dump(exclude_defaults=True) if old is not None else {}
         for key in DEST_FIELDS:
             raw = str(form.get(key, "")).strip()
             if raw:
                 values[key] = _number(raw) if key in ("port", "timeout", "retry_for") else raw
-        old = next((d for d in current_settings(request).destinations if d.name == name), None)
-        for secret in ("username", "password", "token"):  # kept as they are: secrets are not shown or edited here
-            if old is not None and getattr(old, secret):
-                values[secret] = getattr(old, secret)
+            else:
+                values.pop(key, None)
         errors = _edit(request, principal, lambda f: f.put_destination(values))
     rows = data.public_destinations(request)
     return page(request, "destinations.html", principal, destinations=rows, fields=DEST_FIELDS, errors=errors,
