@@ -68,11 +68,21 @@ def test_console_in_a_browser(browser: object, small_bundle: Path, redis_server:
 
     node = NodeProcess(cfg, port, tmp_path / "node.log").start()
     with open(tmp_path / "worker.log", "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--config", str(cfg), "--queues", "gpu,io"],
+        worker = subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--allow-root", "--config", str(cfg), "--queues", "gpu,io"],
                                   stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)  # fmt: skip
     page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
     try:
-        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 180, 1.0, what="the node to be ready (worker up)")
+        last: list[str] = []
+
+        def ready() -> bool:
+            r = httpx.get(f"{base}/readyz", timeout=10)
+            last[:] = [r.text]
+            return r.status_code == 200
+
+        try:
+            wait_for(ready, 180, 1.0, what="the node to be ready (worker up)")
+        except BaseException:
+            raise AssertionError(f"not ready: {last}\n{(tmp_path / 'worker.log').read_text()[-3000:]}") from None
 
         # log in: a wrong password is refused on the page, the right one opens the dashboard
         page.goto(f"{base}/console/")
