@@ -62,6 +62,7 @@ class Node:
     reload_listeners: list[Callable[[Settings], None]] = field(default_factory=list)
     http: Any = None  # node.http.server.HttpServer when [http] enabled (issue #12)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings, config_path: str | os.PathLike[str] | None = None) -> Node:
@@ -129,11 +130,15 @@ class Node:
         """Apply the configuration file to the running node (SIGHUP); returns the changed keys.
 
         Raises ``ConfigError`` when the file is not valid: the running settings stay as they were."""
-        from node.liveconfig import changed_keys, merge_live
-
         if self.config_path is None:
             raise NodeError("the node was started without a configuration file: nothing to reload")
-        new, held = merge_live(self.settings, load_config(self.config_path))
+        with self._reload_lock:  # SIGHUP and the admin API may reload at the same moment
+            return self._reload(self.config_path)
+
+    def _reload(self, path: Path) -> list[str]:
+        from node.liveconfig import changed_keys, merge_live
+
+        new, held = merge_live(self.settings, load_config(path))
         keys = changed_keys(self.settings, new)
         before, self.settings = self.settings, new
         # Every reader takes the settings object from these attributes at each use: assigning a new
@@ -145,7 +150,7 @@ class Node:
             self.server.ae_title = new.node.ae_title  # pynetdicom checks the called AE title against it
         if held:
             logger.warning("config reload: %s take effect after a restart", ", ".join(held))
-        logger.info("config reload from %s: %s", self.config_path, ", ".join(keys) or "no change")
+        logger.info("config reload from %s: %s", path, ", ".join(keys) or "no change")
         self.on_reload(before, new, keys)
         return keys
 
