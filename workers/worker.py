@@ -83,6 +83,8 @@ def _supervise(settings: Settings, args: argparse.Namespace, queues: list[str], 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # `systemctl reload`: the workers re-read the file themselves before each task (node.liveconfig)
+    signal.signal(signal.SIGHUP, lambda *_: logger.info("SIGHUP: the configuration file is applied before the next task"))
     sup.start()
     stop.wait()
     sup.stop()
