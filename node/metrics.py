@@ -95,12 +95,11 @@ def observe_stage(stage: str, seconds: float) -> None:
 
 
 @_safe
-def observe_inference(seconds: float, device: str | None) -> None:
+def observe_inference(seconds: float, gpu: tuple[str, float] | None = None) -> None:
+    """One classify stage; ``gpu``: (device, peak bytes allocated) measured by the worker (node/ has no torch)."""
     _m().inference.observe(seconds)
-    if device and device.startswith("cuda"):
-        import torch  # workers only: device is set there
-
-        _m().gpu.labels(device).set(torch.cuda.max_memory_allocated(torch.device(device)))
+    if gpu is not None:
+        _m().gpu.labels(gpu[0]).set(gpu[1])
 
 
 def observe_transition(ledger: Any, uid: str, stage: str, started: Any) -> bool:

@@ -202,7 +202,7 @@ class Node:
 
 
 def serve_forever(node: Node, ready: Callable[[str, int], None] | None = None) -> None:
-    """Start ``node`` and block until SIGTERM or SIGINT, then drain and shut down."""
+    """Start ``node`` and block until SIGTERM or SIGINT, then drain and shut down; SIGHUP reloads the file."""
     stop = threading.Event()  # wakes the main thread: to stop, or to reload
     stopping = threading.Event()
 
