@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc \
-	docker-compose kubernetes-client systemd openssl postgresql
+	docker-compose kubernetes-client systemd openssl postgresql chromium
 CONFIG ?= deploy/alnnode.toml
 PYTEST_ARGS ?=
 

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     with_config(cfg_sub.add_parser("check", help="validate and print the effective configuration"))
+    from node.cli_admin import add_admin_parsers
+
+    add_admin_parsers(sub, cfg_sub, with_config)
 
     sv = with_config(sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE)"))
     sv.add_argument("--allow-root", action="store_true", help="run even as root (default: refuse)")
@@ -69,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("-n", "--last", type=int, default=10, help="how many recent jobs to list")
     st.add_argument("--failed", action="store_true", help="list failed jobs with their stage and reason")
     st.add_argument("--state", choices=STATES, help="list only jobs in this state")
+    st.add_argument("--ae", metavar="AE", help="list only jobs sent by this calling AE title")
+    st.add_argument("--since", metavar="WHEN", help="list only jobs received since WHEN: 2026-12-01, 2026-12-01T08:00, or 30m / 2h / 7d ago")
+    st.add_argument("--accession", metavar="NUMBER", help="list only jobs with this Accession Number")
 
     ec = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     ec.add_argument("to", metavar="AE@HOST:PORT")
@@ -130,14 +136,17 @@ def _retention_status(settings: Any, ledger: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from node.cli_admin import open_ledger, parse_since
     from node.config import load_config
-    from node.ledger import Ledger, as_jsonable
+    from node.ledger import as_jsonable
 
     settings = load_config(args.config)
-    ledger = Ledger(settings.ledger_url)
+    since = parse_since(args.since) if args.since else None
+    ledger = open_ledger(settings, args.config)
     state = "failed" if args.failed else args.state
     counts = ledger.counts()
-    jobs = as_jsonable(ledger.last_jobs(args.last if not args.failed else 10**6, state=state))
+    n = args.last if not args.failed else 10**6
+    jobs = as_jsonable(ledger.last_jobs(n, state=state, calling_ae=args.ae, since=since, accession=args.accession))
     assocs = ledger.association_summary()
     workers = as_jsonable(ledger.live_workers(settings.queue.heartbeat_timeout))
     disk, retention = _retention_status(settings, ledger)
@@ -153,18 +162,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"retention: files deleted of {deleted} job(s); pruned from the ledger: {pruned}")
     print("associations: " + (", ".join(f"{k} {v}" for k, v in sorted(assocs.items())) or "none"))
     print("live workers: " + (", ".join(f"{w['id']} ({w['queues']})" for w in workers) or "none"))
+    filters = [f"in state {state}" if state and not args.failed else "", f"from {args.ae}" if args.ae else "",
+               f"since {since:%Y-%m-%d %H:%M} UTC" if since else "", f"with accession {args.accession}" if args.accession else ""]  # fmt: skip
     if jobs:
-        print(f"{'failed' if args.failed else 'last'} {len(jobs)} job(s)" + (f" in state {state}" if state and not args.failed else "") + ":")
-        print(f"  {'SOP Instance UID':<64} {'state':<10} {'frames':>6}  reason")
+        print(f"{'failed' if args.failed else 'last'} {len(jobs)} job(s)" + "".join(f" {f}" for f in filters if f) + ":")
+        print(f"  {'SOP Instance UID':<64} {'state':<10} {'frames':>6}  {'received (UTC)':<16} {'calling AE':<16} {'accession':<16} reason")
         for j in jobs:
             reason = j["reason"] or ""
             if j["stage"]:
                 reason = f"[{j['stage']}] {reason}"
             if j["probability"]:
                 reason = f"p={j['probability']} {reason}".strip()
-            print(f"  {j['sop_instance_uid']:<64} {j['state']:<10} {j['frames'] or '':>6}  {reason}")
+            received = str(j["received_at"] or "")[:16].replace("T", " ")
+            print(f"  {j['sop_instance_uid']:<64} {j['state']:<10} {j['frames'] or '':>6}  {received:<16} "
+                  f"{j['calling_ae'] or '':<16} {j['accession_number'] or '':<16} {reason}")  # fmt: skip
     elif args.failed:
         print("no failed jobs")
+    elif any(filters):
+        print("no jobs " + " ".join(f for f in filters if f))
     return 0
 
 
@@ -284,6 +299,18 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_peers(args: argparse.Namespace) -> int:
+    from node.cli_admin import cmd_peers
+
+    return cmd_peers(args)
+
+
+def _cmd_config_reload(args: argparse.Namespace) -> int:
+    from node.cli_admin import cmd_config_reload
+
+    return cmd_config_reload(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Worker commands parse their own options: hand over everything after the command name.
@@ -315,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": _cmd_send,
         "retry": _cmd_retry,
         "gc": _cmd_gc,
+        "peers": _cmd_peers,
     }
+    if args.command == "config" and args.action == "reload":
+        handlers["config"] = _cmd_config_reload
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
@@ -327,6 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `alnnode status | head`: the reader left; Python's documented way to exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

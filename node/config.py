@@ -399,6 +399,15 @@ class RetentionSection(_Section):
     interval_minutes: float = Field(60.0, gt=0)  # how often the node runs the clean-up
 
 
+class AuditSection(_Section):
+    """The audit trail (node/audit.py): DICOM PS3.15 A.5 messages appended to a file, optionally to syslog."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <data_dir>/audit/audit.xml.log
+    syslog_host: str | None = None  # RFC 5424 over UDP (RFC 5426) when set
+    syslog_port: int = Field(514, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     """The whole configuration; sections mirror the TOML file."""
 
@@ -413,6 +422,7 @@ class Settings(BaseSettings):
     queue: QueueSection = QueueSection()
     model: ModelSection = ModelSection()
     retention: RetentionSection = RetentionSection()
+    audit: AuditSection = AuditSection()
     tls: TlsSection = TlsSection()
     http: HttpSection = HttpSection()
     sources: list[Source] = []
@@ -554,7 +564,7 @@ def effective_toml(settings: Settings) -> str:
         return lines + [""]
 
     out: list[str] = []
-    for section in ("node", "storage", "queue", "model", "retention", "tls", "http"):
+    for section in ("node", "storage", "queue", "model", "retention", "audit", "tls", "http"):
         out += table(f"[{section}]", dict(getattr(settings, section)))
     for cred in settings.http.credentials:
         out += table("[[http.credentials]]", dict(cred))

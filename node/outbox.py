@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from node.config import Destination, Settings
 from node.ledger import Ledger
@@ -68,6 +69,7 @@ def dispatch_once(settings: Settings, ledger: Ledger, uid: str, files: Sequence[
             outcome.delivered.append(dest.name)
             continue
         failures = attempt(dest, todo, ledger=ledger, sop_instance_uid=uid, calling_ae=settings.node.ae_title, final=final)
+        audit_sent(settings, dest, todo, failures)
         if not failures:
             outcome.delivered.append(dest.name)
             continue
@@ -77,6 +79,22 @@ def dispatch_once(settings: Settings, ledger: Ledger, uid: str, files: Sequence[
         else:
             outcome.permanent[dest.name] = text
     return outcome
+
+
+def audit_sent(settings: Settings, dest: Destination, items: Sequence[Any], failures: Sequence[Any]) -> None:
+    """DICOM Instances Transferred (sent, PS3.15 A.5.3.6) for one destination's attempt; metrics too."""
+    from node.audit import MINOR_FAILURE, SUCCESS, AuditLog
+    from node.metrics import count_dispatch
+
+    count_dispatch(dest.name, ok=not failures)
+    classes: dict[str, int] = {}
+    for item in items:
+        classes[item.sop_class_uid] = classes.get(item.sop_class_uid, 0) + 1
+    peer = dest.ae_title or dest.url or str(dest.path)
+    study = getattr(items[0], "study_instance_uid", None) if items else None
+    reason = "; ".join(sorted({f.reason for f in failures})) or None
+    AuditLog.from_settings(settings).transferred(received=False, peer_ae=f"{dest.name} ({peer})", peer_host=dest.host, study_uid=study,
+                                                 sop_classes=classes, outcome=MINOR_FAILURE if failures else SUCCESS, reason=reason)  # fmt: skip
 
 
 def retry_budget(settings: Settings, names: Sequence[str]) -> float:

@@ -5,7 +5,9 @@ sends recorded jobs), the reaper (recovery by worker liveness), retention (``[re
 ``interval_minutes``) and, in the embedded default, the
 supervisor of the node's own worker processes (restarted when they die, killed with the node).
 SIGTERM/SIGINT drain: stop accepting, let running associations finish (up to ``DRAIN_SECONDS``),
-stop the workers after their current task. SIGHUP is logged and ignored (no live reload yet).
+stop the workers after their current task. SIGHUP applies the configuration file live
+(``node.liveconfig``): peers and AE title for new associations, destinations and model threshold for
+new jobs; the workers pick the file up themselves before their next task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import Settings
+from node.audit import AuditLog
+from node.config import Settings, load_config
+from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
 from node.queue import Broker
 from node.reaper import Publisher, Reaper, resend_claims_of
@@ -55,8 +59,10 @@ class Node:
     reaper: Reaper | None = None
     supervisor: Supervisor | None = None
     extra_worker_args: list[str] = field(default_factory=list)
+    reload_listeners: list[Callable[[Settings], None]] = field(default_factory=list)
     http: Any = None  # node.http.server.HttpServer when [http] enabled (issue #12)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings, config_path: str | os.PathLike[str] | None = None) -> Node:
@@ -64,7 +70,7 @@ class Node:
         settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         spool = Spool(settings.storage.data_dir, fsync=settings.storage.fsync, edge=f"{socket.gethostname()}-{settings.node.port}")
         ledger = Ledger(settings.ledger_url)
-        receiver = Receiver(settings, spool, ledger)
+        receiver = Receiver(settings, spool, ledger, audit=AuditLog.from_settings(settings))
         node = cls(settings, spool, ledger, receiver, bundle, Path(config_path) if config_path else None)
         node.broker = Broker(settings)
         node.publisher = Publisher(settings, ledger, node.broker)
@@ -99,6 +105,9 @@ class Node:
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
         """Recover, start the job plane and workers, and listen; returns (host, port)."""
+        from node import metrics
+
+        metrics.setup(self.settings.storage.data_dir)  # before the workers start: they inherit it
         self.pending = recover(self.spool, self.ledger)
         self._start_http()  # first: a port in use or a bad certificate stops start-up before any worker
         if not self.settings.queue.broker_url and self.broker is not None:
@@ -116,6 +125,43 @@ class Node:
             logger.info("model %s (%s %s, %s)%s", self.bundle.name, self.bundle.arch, self.bundle.version, self.bundle.model_uid, note)
         logger.info("%s listening on %s:%d", self.settings.node.ae_title, host, port)
         return str(host), int(port)
+
+    def reload(self) -> list[str]:
+        """Apply the configuration file to the running node (SIGHUP); returns the changed keys.
+
+        Raises ``ConfigError`` when the file is not valid: the running settings stay as they were."""
+        if self.config_path is None:
+            raise NodeError("the node was started without a configuration file: nothing to reload")
+        with self._reload_lock:  # SIGHUP and the admin API may reload at the same moment
+            return self._reload(self.config_path)
+
+    def _reload(self, path: Path) -> list[str]:
+        from node.liveconfig import changed_keys, merge_live
+
+        new, held = merge_live(self.settings, load_config(path))
+        keys = changed_keys(self.settings, new)
+        before, self.settings = self.settings, new
+        # Every reader takes the settings object from these attributes at each use: assigning a new
+        # object is atomic, so a new association or job sees either the old or the new settings whole.
+        for part in (self.receiver, self.publisher, self.reaper):
+            if part is not None:
+                part.settings = new
+        if self.server is not None:
+            self.server.ae_title = new.node.ae_title  # pynetdicom checks the called AE title against it
+        if held:
+            logger.warning("config reload: %s take effect after a restart", ", ".join(held))
+        logger.info("config reload from %s: %s", path, ", ".join(keys) or "no change")
+        self.on_reload(before, new, keys)
+        return keys
+
+    def on_reload(self, before: Settings, after: Settings, keys: list[str]) -> None:
+        """Audit the change (PS3.15 A.5.3.11, before and after); tell the HTTP plane, if any."""
+        from node.liveconfig import public_view
+
+        if keys and self.receiver.audit is not None:
+            self.receiver.audit.config_changed(public_view(before), public_view(after), keys, user="alnnode serve (reload)", action="applied")
+        for listener in self.reload_listeners:
+            listener(after)
 
     def _start_http(self) -> None:
         """The HTTP application (DICOMweb, UPS-RS, admin) in its own thread, when [http] enabled."""
@@ -156,24 +202,48 @@ class Node:
 
 
 def serve_forever(node: Node, ready: Callable[[str, int], None] | None = None) -> None:
-    """Start ``node`` and block until SIGTERM or SIGINT, then drain and shut down."""
-    stop = threading.Event()
+    """Start ``node`` and block until SIGTERM or SIGINT, then drain and shut down; SIGHUP reloads the file."""
+    stop = threading.Event()  # wakes the main thread: to stop, or to reload
+    stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
         logger.info("signal %s: draining and stopping", signal.Signals(signum).name)
+        stopping.set()
         stop.set()
 
+    reload_wanted = threading.Event()
+
     def _hup(_signum: int, _frame: Any) -> None:
-        logger.warning("SIGHUP: live reload of the configuration is not supported yet; restart the node to apply changes")
+        reload_wanted.set()  # applied by the loop below, never inside the signal handler
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _hup)
     host, port = node.start()
+    from node.liveconfig import write_pid, write_reload_result
+
+    pid_file = write_pid(node.settings.storage.data_dir)  # `alnnode config reload` / `peers` find us here
+    audit = node.receiver.audit
+    if audit is not None:
+        audit.application(started=True)
     if ready:
         ready(host, port)
     try:
-        stop.wait()
+        while True:
+            stop.wait()
+            if stopping.is_set() or not reload_wanted.is_set():
+                break
+            reload_wanted.clear()
+            stop.clear()
+            try:
+                write_reload_result(node.settings.storage.data_dir, node.reload())
+            except (ConfigError, NodeError) as exc:
+                logger.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
+                write_reload_result(node.settings.storage.data_dir, None, str(exc))
     finally:
         node.stop()
+        if audit is not None:
+            audit.application(started=False)
+        pid_file.unlink(missing_ok=True)
         logger.info("stopped")

@@ -24,6 +24,7 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 
 from node.config import Settings
+from node.liveconfig import LiveSettings
 from node.queue import Broker, celery_config
 from node.supervise import ENV_WORKER_ID, die_with_parent
 from workers.stages import WorkerContext
@@ -36,13 +37,14 @@ STALL_AFTER = 20.0  # seconds idle with messages waiting before the consumer cou
 EXIT_STALLED = 75
 
 
-def configure(settings: Settings, device: str | None = None, queues: tuple[str, ...] = ("gpu", "io")) -> Celery:
+def configure(settings: Settings, device: str | None = None, queues: tuple[str, ...] = ("gpu", "io"), config_path: str | None = None) -> Celery:
     """Apply the shared Celery settings and bind the worker context to the app."""
     app.conf.update(celery_config(settings))
     app.conf.worker_max_tasks_per_child = 200
     app.conf.worker_proc_alive_timeout = 300  # a pool process loads the model before it says it is up
     worker_id = os.environ.get(ENV_WORKER_ID) or f"{socket.gethostname()}-{os.getpid()}"
-    app.alnnode = WorkerContext(settings, device=device, worker_id=worker_id, queues=queues)  # type: ignore[attr-defined]
+    live = LiveSettings(config_path, settings) if config_path else None
+    app.alnnode = WorkerContext(settings, device=device, worker_id=worker_id, queues=queues, live=live)  # type: ignore[attr-defined]
     return app
 
 

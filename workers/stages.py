@@ -27,6 +27,7 @@ from pydicom import dcmread
 from node.config import Settings
 from node.ledger import Ledger, aware, now
 from node.ledger.states import EXPECTED
+from node.liveconfig import LiveSettings
 from node.outbox import (
     SC_CINE_FILE,
     SC_KEY_FILE,
@@ -53,6 +54,7 @@ class WorkerContext:
     device: str | None = None
     worker_id: str = field(default_factory=lambda: f"local-{os.getpid()}")
     queues: tuple[str, ...] = ("gpu", "io")
+    live: LiveSettings | None = None  # follows the config file (node.liveconfig)
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -83,6 +83,8 @@ def _supervise(settings: Settings, args: argparse.Namespace, queues: list[str], 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # `systemctl reload`: the workers re-read the file themselves before each task (node.liveconfig)
+    signal.signal(signal.SIGHUP, lambda *_: logger.info("SIGHUP: the configuration file is applied before the next task"))
     sup.start()
     stop.wait()
     sup.stop()
@@ -130,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             return _fail(f"--device {device}: CUDA is not available on this host")
+    from node.metrics import ENV_DIR, setup
+
+    if not os.environ.get(ENV_DIR):  # a worker beside the node (not its child): share its metrics folder
+        setup(settings.storage.data_dir, fresh=False)
     from workers.celery_app import configure
 
-    app = configure(settings, device=device, queues=tuple(queues))
+    app = configure(settings, device=device, queues=tuple(queues), config_path=args.config or os.environ.get("ALNNODE_CONFIG"))
     app.worker_main(
         [
             "worker",

@@ -71,7 +71,11 @@ def create_app(
 
     app.include_router(dicomweb.router)
     app.include_router(ups.router)
-    # operator surface (issue #13): app.include_router(admin.router), console.router, health.router
+    from node.http import admin, console, health
+
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    console.install(app)
     return app
 
 

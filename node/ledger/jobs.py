@@ -264,14 +264,25 @@ class JobsMixin:
             found = {r[0]: int(r[1]) for r in rows}
         return {s: found.get(s, 0) for s in STATES}
 
-    def last_jobs(self, n: int = 10, *, state: str | None = None) -> list[dict[str, Any]]:
+    def last_jobs(
+        self, n: int = 10, *, state: str | None = None, calling_ae: str | None = None,
+        since: dt.datetime | None = None, accession: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ``n`` jobs, optionally only those in ``state``, from ``calling_ae``, received
+        at or after ``since``, or with Accession Number ``accession``."""
         cols = [instances.c[name] for name in (
             "sop_instance_uid", "sop_class_uid", "state", "stage", "reason", "frames", "duplicates",
-            "probability", "attempts", "claimed_by", "received_at", "updated_at",
+            "probability", "attempts", "claimed_by", "received_at", "updated_at", "calling_ae", "accession_number",
         )]  # fmt: skip
         query = select(*cols).order_by(instances.c.id.desc()).limit(n)
         if state is not None:
             query = query.where(instances.c.state == state)
+        if calling_ae is not None:
+            query = query.where(instances.c.calling_ae == calling_ae)
+        if since is not None:
+            query = query.where(instances.c.received_at >= since)
+        if accession is not None:
+            query = query.where(instances.c.accession_number == accession)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 

@@ -26,6 +26,7 @@ metadata = MetaData()
 
 UID_MAX = 64  # PS3.5 9.1: a UID is at most 64 characters
 AE_MAX = 16  # PS3.5 6.2, VR AE
+SH_MAX = 16  # PS3.5 6.2, VR SH
 HOST_MAX = 64
 WORKER_ID_MAX = 128
 
@@ -60,6 +61,8 @@ instances = Table(
     Column("frames", Integer),
     Column("calling_ae", String(AE_MAX)),
     Column("association_id", Integer, ForeignKey("associations.id")),
+    # Accession Number (0008,0050), VR SH: how a radiologist finds a study (admin views only)
+    Column("accession_number", String(SH_MAX), index=True),
     Column("state", String(16), nullable=False, index=True),
     Column("stage", String(16)),  # stage that failed
     Column("reason", Text),  # why skipped/failed, or the last error of a stage being retried
@@ -133,6 +136,7 @@ class NewInstance:
     frames: int | None
     calling_ae: str | None
     association_id: int | None
+    accession_number: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming a value that does not fit its column (never truncate a UID)."""
@@ -140,5 +144,7 @@ class NewInstance:
             value = getattr(self, name)
             if value is not None and len(value) > UID_MAX:
                 raise ValueError(f"{name} = {value[:80]!r}: longer than {UID_MAX} characters")
+        if self.accession_number is not None and len(self.accession_number) > SH_MAX:
+            raise ValueError(f"accession_number = {self.accession_number!r}: longer than {SH_MAX} characters")
         if self.calling_ae is not None and len(self.calling_ae) > AE_MAX:
             raise ValueError(f"calling_ae = {self.calling_ae!r}: longer than {AE_MAX} characters")

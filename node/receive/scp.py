@@ -19,9 +19,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
+from node.audit import AuditLog
 from node.config import Settings
 from node.errors import STATUS_SUCCESS
 from node.ledger import Ledger
+from node.metrics import count_association
 from node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -68,6 +70,7 @@ class Receiver:
     spool: Spool
     ledger: Ledger
     on_stored: Callable[[str], None] | None = None  # enqueue hook, called with the SOP Instance UID
+    audit: AuditLog | None = None  # PS3.15 A.5 audit trail (node.audit)
     _assocs: dict[int, _Assoc] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     storer: Storer = field(init=False)
@@ -119,6 +122,9 @@ class Receiver:
     def _reject(self, event: evt.Event, code: tuple[int, int, int], reason: str) -> None:
         calling, called, host, port = self._peer(event.assoc)
         logger.warning("association from %s@%s:%d rejected: %s", calling, host, port, reason)
+        count_association(calling, accepted=False)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=False, reason=reason)
         try:
             event.assoc.acse.send_reject(*code)
         finally:
@@ -160,6 +166,9 @@ class Receiver:
         with self._lock:
             self._assocs.pop(id(event.assoc), None)
         logger.warning("association from %s@%s:%d rejected by the DICOM layer", calling, host, port)
+        count_association(calling, accepted=False)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=False, reason="rejected by the DICOM layer")
         try:
             self.ledger.record_rejected(calling, called, host, port, "rejected by the DICOM layer")
         except Exception as exc:
@@ -185,6 +194,9 @@ class Receiver:
         if state is None:  # ended before we got here
             self._close_row(aid, "closed")
         logger.info("association %d from %s@%s:%d established", aid, calling, host, port)
+        count_association(calling, accepted=True)
+        if self.audit is not None:
+            self.audit.association(calling, host, accepted=True)
 
     def _close_row(self, aid: int, outcome: str, reason: str | None = None) -> None:
         try:
@@ -248,7 +260,8 @@ class Receiver:
         with self._lock:
             state = self._assocs.get(id(event.assoc))
         aid = state.aid if state is not None else None
-        return self.storer.handle(event, aid, self._peer(event.assoc)[0] or None, self.on_stored)
+        calling, _called, host, _port = self._peer(event.assoc)
+        return self.storer.handle(event, aid, calling or None, self.on_stored, peer_host=host, audit=self.audit)
 
     # -- the AE -------------------------------------------------------------------------------
     def build_ae(self) -> AE:

@@ -19,9 +19,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 
+from node.audit import AuditLog
 from node.config import Settings
 from node.errors import STATUS_PROCESSING_FAILURE, STATUS_SUCCESS, StoreRejected
 from node.ledger import Ledger
+from node.metrics import count_store
 from node.receive.accept import accept, limits_of
 from node.receive.validate import Limits
 from node.spool import Spool
@@ -59,7 +61,14 @@ class Storer:
         return limits_of(self.settings)
 
     def handle(
-        self, event: evt.Event, aid: int | None, calling_ae: str | None, on_stored: Callable[[str], None] | None
+        self,
+        event: evt.Event,
+        aid: int | None,
+        calling_ae: str | None,
+        on_stored: Callable[[str], None] | None,
+        *,
+        peer_host: str = "",
+        audit: AuditLog | None = None,
     ) -> int | Dataset:
         """Check, spool and record one C-STORE data set; return the status to answer."""
         request = cast(C_STORE, event.request)
@@ -68,7 +77,7 @@ class Storer:
             self._in_use.add(temp)
         size = temp.stat().st_size if temp.exists() else 0
         try:
-            status = self._store(event, temp, aid, calling_ae, on_stored)
+            status = self._store(event, temp, aid, calling_ae, on_stored, peer_host, audit)
         except StoreRejected as rej:
             logger.warning(
                 "C-STORE %s refused with 0x%04X: %s",
@@ -85,6 +94,7 @@ class Storer:
             with self._lock:
                 self._in_use.discard(temp)
         ok = status == STATUS_SUCCESS
+        count_store(calling_ae or "", size, int(status if isinstance(status, int) else status.Status))
         if aid is not None:
             try:
                 self.ledger.count_store(aid, size, ok=ok)
@@ -93,11 +103,18 @@ class Storer:
         return status
 
     def _store(
-        self, event: evt.Event, temp: Path, aid: int | None, calling_ae: str | None, on_stored: Callable[[str], None] | None
+        self,
+        event: evt.Event,
+        temp: Path,
+        aid: int | None,
+        calling_ae: str | None,
+        on_stored: Callable[[str], None] | None,
+        peer_host: str,
+        audit: AuditLog | None,
     ) -> int | Dataset:
         cx = event.context
         request = cast(C_STORE, event.request)
-        accept(  # the same acceptance as STOW-RS (node.receive.accept); raises StoreRejected
+        accepted = accept(  # the same acceptance as STOW-RS (node.receive.accept); raises StoreRejected
             self.settings,
             self.spool,
             self.ledger,
@@ -110,6 +127,10 @@ class Storer:
             association_id=aid,
             on_stored=on_stored,
         )
+        if audit is not None and not accepted.duplicate:  # PS3.15 A.5.3.2 DICOM Instances Transferred
+            info = accepted.info
+            audit.transferred(received=True, peer_ae=calling_ae or "", peer_host=peer_host, study_uid=info.study_instance_uid,
+                              sop_classes={info.sop_class_uid: 1})  # fmt: skip
         return STATUS_SUCCESS
 
     def sweep_incoming(self, force: bool = False) -> int:

@@ -77,6 +77,7 @@ class ReceivedInfo:
     transfer_syntax_uid: str
     frames: int
     size: int
+    accession_number: str | None = None
 
     def ledger_row(self, spool_path: str, calling_ae: str | None, association_id: int | None) -> NewInstance:
         return NewInstance(
@@ -90,6 +91,7 @@ class ReceivedInfo:
             frames=self.frames,
             calling_ae=calling_ae,
             association_id=association_id,
+            accession_number=self.accession_number,
         )
 
 
@@ -312,7 +314,14 @@ def _check_plain(
         transfer_syntax_uid=transfer_syntax,
         frames=frames,
         size=size,
+        accession_number=_accession(ds),
     )
+
+
+def _accession(ds: Dataset) -> str | None:
+    """Accession Number (0008,0050) fit for the ledger (SH: at most 16 printable characters)."""
+    text = "".join(c for c in str(ds.get("AccessionNumber", "") or "") if 0x20 <= ord(c) < 0x7F).strip()
+    return text[:16] or None
 
 
 def _check_pixels(f: BinaryIO, ds: Dataset, pos: int, size: int, read_syntax: str, transfer_syntax: str, frames: int) -> None:
