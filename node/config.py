@@ -199,9 +199,7 @@ class Destination(_Section):
     @classmethod
     def _kind(cls, v: str) -> str:
         if v not in DESTINATION_KINDS:
-            raise ValueError(
-                f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})"
-            )
+            raise ValueError(f"unknown destination kind {v!r} (expected one of {', '.join(DESTINATION_KINDS)})")
         return v
 
     @field_validator("ae_title", "calling_ae_title")

@@ -117,28 +117,15 @@ def deliver(
     while remaining:
         n += 1
         last = n >= dest.max_attempts
-        failures = attempt(
-            dest,
-            remaining,
-            ledger=ledger,
-            sop_instance_uid=sop_instance_uid,
-            calling_ae=calling_ae,
-            final=last,
-        )
+        failures = attempt(dest, remaining, ledger=ledger, sop_instance_uid=sop_instance_uid, calling_ae=calling_ae, final=last)
         by_uid = {f.sop_instance_uid: f for f in failures}
-        remaining = [
-            i
-            for i in remaining
-            if i.sop_instance_uid in by_uid and by_uid[i.sop_instance_uid].transient and not last
-        ]
+        remaining = [i for i in remaining if i.sop_instance_uid in by_uid and by_uid[i.sop_instance_uid].transient and not last]
         if last:
             for f in failures:
                 if f.transient:
                     reason = f"gave up after {n} attempt(s): {f.reason}"
                     logger.error("delivery of %s to %s %s", f.sop_instance_uid, dest.name, reason)
-                    ledger.record_attempt(
-                        sop_instance_uid, dest.name, f.sop_instance_uid, "failed", reason, count=False
-                    )
+                    ledger.record_attempt(sop_instance_uid, dest.name, f.sop_instance_uid, "failed", reason, count=False)
         if remaining:
             delay = backoff_delay(dest, n)
             logger.warning(
@@ -147,8 +134,4 @@ def deliver(
                 by_uid[remaining[0].sop_instance_uid].reason, delay,
             )  # fmt: skip
             sleep(delay)
-    return all(
-        d["state"] == "sent"
-        for d in ledger.deliveries_of(sop_instance_uid)
-        if d["destination"] == dest.name[:64] and d["result_uid"] in {i.sop_instance_uid for i in items}
-    )
+    return all(d["state"] == "sent" for d in ledger.deliveries_of(sop_instance_uid) if d["destination"] == dest.name[:64] and d["result_uid"] in {i.sop_instance_uid for i in items})
