@@ -1,5 +1,5 @@
 """Process behaviour of ``alnnode serve`` with real processes: SIGTERM drains (running associations
-finish, new ones are refused, workers stop, nothing is left behind), SIGHUP does not kill the node."""
+finish, new ones are refused, workers stop, nothing is left behind), SIGHUP reloads and keeps the node up."""
 
 from __future__ import annotations
 
@@ -51,11 +51,11 @@ def test_sigterm_drains_running_associations_and_leaves_no_process(orthanc: Orth
     assert "SIGTERM: draining" in log and "stopped" in log
 
 
-def test_sighup_does_not_stop_the_node(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
+def test_sighup_reloads_and_does_not_stop_the_node(node_proc: NodeProcess, node_env: tuple[Path, int, Path]) -> None:
     _cfg, port, _data = node_env
     assert node_proc.proc is not None
     node_proc.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: b"SIGHUP" in node_proc.log.read_bytes(), 10, what="the SIGHUP log line")
+    wait_for(lambda: b"config reload" in node_proc.log.read_bytes(), 10, what="SIGHUP to reload the configuration")
     echo = subprocess.run([require_tool("echoscu"), "-aet", "ECHOSCU", "-aec", "ALN_AI", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert node_proc.proc.poll() is None
