@@ -6,11 +6,7 @@ Frames are decoded on demand: :meth:`Clip.frames` decodes only the requested fra
 :meth:`Clip.iter_chunks` streams the loop in bounded chunks; a file source is re-read per call
 (pydicom reads only the frames asked for), so a 1,000-frame loop is never held whole in memory.
 
-Colour (PS3.3 C.7.6.3.1.2): YBR_FULL/YBR_FULL_422 are converted by pydicom, YBR_RCT/YBR_ICT by the
-JPEG 2000 decoder; PALETTE COLOR goes through its LUT (16-bit LUT entries scaled to 8 bits); grey is
-replicated to three channels, MONOCHROME1 inverted. Grey with more than 8 stored bits is windowed with
-the first Window Center/Width (PS3.3 C.11.2.1.2.1, after any Rescale) or, without a window, scaled by
-one min-max range taken from a sample of frames, so that brightness does not flicker between frames.
+Colour and grey mapping is in :mod:`workers.colour`; regions and frame timing in :mod:`workers.loop_header`.
 """
 
 from __future__ import annotations
@@ -30,9 +26,11 @@ import numpy as np
 import pydicom
 import pydicom.uid as puid
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, iter_pixels
+from pydicom.pixels import iter_pixels
 
+from workers.colour import grey_range, grey_to_uint8, palette_table, to_uint8  # noqa: F401
 from workers.errors import DecodeError
+from workers.loop_header import frame_times, ultrasound_regions  # noqa: F401
 from workers.pixeldata import (  # noqa: F401  (re-exported: the public names of decoding)
     ENCAPSULATED_UNCOMPRESSED,
     NATIVE_SYNTAXES,
@@ -46,9 +44,6 @@ from workers.video import VideoInfo, iter_video_frames, probe_video  # noqa: F40
 
 logger = logging.getLogger(__name__)
 
-_GREY_PROBE_FRAMES = 8
-# PS3.3 C.8.5.5.1: Region Spatial Format 1 = 2D; Region Data Type 1 = tissue, 2 = colour flow.
-_REGION_2D, _REGION_TYPES = 1, (1, 2)
 
 
 @dataclass
@@ -185,96 +180,26 @@ class Clip:
         """Map one decoded frame (pydicom output, YBR already converted) to (rows, cols, 3) uint8 RGB."""
         pi = self.photometric
         if arr.ndim == 3:  # RGB (incl. converted YBR_* and JPEG 2000 RCT/ICT)
-            return _to_uint8(arr, int(self._header.get("BitsStored", 8)))
+            return to_uint8(arr, int(self._header.get("BitsStored", 8)))
         if pi == "PALETTE COLOR":
             lut = self._cache.get("lut")
             if lut is None:
                 lut = self._cache["lut"] = palette_table(self._header, arr.dtype)
             return np.asarray(lut[arr])
-        grey = self._grey_to_uint8(arr)
+        grey = grey_to_uint8(arr, self._header, self._grey_range)
         if pi == "MONOCHROME1":
             grey = 255 - grey
         return np.repeat(grey[:, :, None], 3, axis=2)
 
-    def _grey_to_uint8(self, arr: np.ndarray) -> np.ndarray:
-        stored = int(self._header.get("BitsStored", 8))
-        if stored <= 8 and arr.dtype.itemsize == 1:
-            return arr.astype(np.uint8, copy=False)
-        slope = float(self._header.get("RescaleSlope", 1) or 1)
-        intercept = float(self._header.get("RescaleIntercept", 0) or 0)
-        x = arr.astype(np.float32) * slope + intercept
-        lo_hi = self._cache.get("grey_range")
-        if lo_hi is None:
-            lo_hi = self._cache["grey_range"] = self._grey_range(slope, intercept)
-        lo, hi = lo_hi
-        y = (x - lo) / max(hi - lo, 1e-6)
-        return (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-    def _grey_range(self, slope: float, intercept: float) -> tuple[float, float]:
-        wc, ww = self._header.get("WindowCenter"), self._header.get("WindowWidth")
-        if wc is not None and ww is not None:
-            c = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
-            w = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)
-            if w >= 1:  # PS3.3 C.11.2.1.2.1 linear window: [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2]
-                return c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-        probe = np.unique(
-            np.linspace(0, self.n_frames - 1, min(self.n_frames, _GREY_PROBE_FRAMES)).astype(int)
-        )
-        src: Any = self._dataset if self._dataset is not None else self.path
-        lo, hi = np.inf, -np.inf
-        for arr in iter_pixels(src, indices=probe.tolist()):
-            x = arr.astype(np.float32) * slope + intercept
-            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-        logger.debug(
-            "%s: grey min-max range %s..%s from %d frames", self.sop_instance_uid, lo, hi, len(probe)
-        )
-        return lo, hi
-
-
-def _to_uint8(arr: np.ndarray, bits_stored: int) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr
-    top = float(2**bits_stored - 1)
-    return (np.clip(arr.astype(np.float32) / top, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def palette_table(header: Dataset, dtype: np.dtype) -> np.ndarray:
-    """A (2**bits, 3) uint8 table mapping every stored index to RGB through the Palette Color LUT.
-
-    LUTs whose descriptor says 16 bits are scaled by 255/65535, except the known encoder quirk of
-    16-bit entries that only hold 8-bit values (max <= 255), which are used as they are.
-    """
-    n = 2 ** (8 * dtype.itemsize)
-    values = np.arange(n, dtype=np.uint16 if n > 256 else np.uint8)
-    table = apply_color_lut(values, _native_endian_luts(header))
-    if table.dtype != np.uint8:
-        if int(table.max()) > 255:
-            table = table.astype(np.float32) * (255.0 / 65535.0) + 0.5
-        table = table.astype(np.uint8)
-    return np.ascontiguousarray(table.reshape(n, 3))
-
-
-def _native_endian_luts(header: Dataset) -> Dataset:
-    """Byte-swap 16-bit Palette LUT Data of a big-endian data set (pydicom 3.0's apply_color_lut reads
-    it as little endian); other data sets are returned unchanged."""
-    meta = getattr(header, "file_meta", None) or Dataset()
-    if (
-        meta.get("TransferSyntaxUID") != puid.ExplicitVRBigEndian
-        or "RedPaletteColorLookupTableData" not in header
-    ):
-        return header
-    fixed = Dataset()
-    for colour in ("Red", "Green", "Blue", "Alpha"):
-        desc, data = f"{colour}PaletteColorLookupTableDescriptor", f"{colour}PaletteColorLookupTableData"
-        if data in header:
-            raw = bytes(header[data].value)
-            entries = int(header[desc][0] or 65536) if desc in header else len(raw) // 2
-            if len(raw) >= 2 * entries:
-                raw = np.frombuffer(raw[: 2 * entries], dtype=">u2").astype("<u2").tobytes()
-            setattr(fixed, data, raw)
-        if desc in header:
-            setattr(fixed, desc, header[desc].value)
-    return fixed
+    def _grey_range(self) -> tuple[float, float]:
+        """One range for the whole loop (computed once), so that brightness does not flicker."""
+        if "grey_range" not in self._cache:
+            src: Any = self._dataset if self._dataset is not None else self.path
+            self._cache["grey_range"] = grey_range(
+                self._header, self.n_frames, lambda idx: iter_pixels(src, indices=idx)
+            )
+        lo, hi = self._cache["grey_range"]
+        return float(lo), float(hi)
 
 
 # ---------------------------------------------------------------------- loading
@@ -365,49 +290,3 @@ def _check_supported(clip: Clip) -> None:
         raise DecodeError(f"{uid}: transfer syntax {ts} is not supported") from exc
     if not decoder.is_available:
         raise DecodeError(f"{uid}: no decoder plugin installed for transfer syntax {ts}")
-
-
-def ultrasound_regions(header: Dataset, rows: int, cols: int) -> tuple[Box, ...]:
-    """2D tissue/colour-flow regions of SequenceOfUltrasoundRegions as Boxes (max corners inclusive)."""
-    boxes = []
-    for item in header.get("SequenceOfUltrasoundRegions", []):
-        try:
-            fmt, kind = int(item.RegionSpatialFormat), int(item.RegionDataType)
-            x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
-            x1, y1 = int(item.RegionLocationMaxX1) + 1, int(item.RegionLocationMaxY1) + 1
-        except (AttributeError, TypeError, ValueError):
-            continue
-        if fmt != _REGION_2D or kind not in _REGION_TYPES:
-            continue
-        box = Box(max(0, y0), max(0, x0), min(rows, y1), min(cols, x1))
-        if box.height > 1 and box.width > 1:
-            boxes.append(box)
-    return tuple(boxes)
-
-
-def frame_times(header: Dataset, n_frames: int, stream_fps: float | None = None) -> np.ndarray | None:
-    """Per-frame duration in ms: Frame Time, Frame Time Vector (increments), Cine Rate, display or stream rate."""
-    ft = header.get("FrameTime")
-    if ft is not None and float(ft) > 0:
-        return np.full(n_frames, float(ft), dtype=np.float64)
-    ftv = header.get("FrameTimeVector")
-    if ftv is not None:
-        vec = np.asarray([float(v) for v in (ftv if isinstance(ftv, Sequence) else [ftv])], dtype=np.float64)
-        if len(vec) == n_frames and n_frames > 1:
-            # PS3.3 C.7.6.5.1.2: entry i is the time from frame i-1 to frame i (entry 0 is 0); the
-            # duration of frame i is entry i+1, and the last frame keeps the previous duration.
-            return np.concatenate([vec[1:], vec[-1:]])
-        logger.warning("FrameTimeVector has %d values for %d frames; ignored", len(vec), n_frames)
-    for kw in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = header.get(kw)
-        if rate is not None and float(rate) > 0:
-            return np.full(n_frames, 1000.0 / float(rate), dtype=np.float64)
-    if stream_fps:
-        return np.full(n_frames, 1000.0 / stream_fps, dtype=np.float64)
-    return None
-
-
-# ------------------------------------------------------------------------ video
-# PS3.5 8.2.5-8.2.8: for the MPEG-2 / MPEG-4 AVC / HEVC syntaxes the fragments, concatenated, are one
-# bitstream holding all frames. FFmpeg probes the container (elementary stream, MPEG-PS or -TS); the
-# syntax gives the raw format to fall back on.

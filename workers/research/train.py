@@ -36,7 +36,7 @@ import torch
 from workers.bundle import parse_option, save_bundle
 from workers.models import ARCHS, STATIC_ARCHS
 from workers.research import stats
-from workers.research.evaluate import EvaluationError
+from workers.research.inputs import EvaluationError
 from workers.research.train_data import (
     EvalClips,
     FrameCache,

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from workers.decode import load_clip
 from workers.preprocess import find_image_region, make_transform, sample_clip_indices
-from workers.research.evaluate import ManifestRow, read_manifest
+from workers.research.inputs import ManifestRow, read_manifest
 from workers.research.phantom_dicom import MANUFACTURER as PHANTOM_MANUFACTURER
 
 logger = logging.getLogger(__name__)
