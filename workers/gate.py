@@ -16,13 +16,15 @@ Only numpy and pydicom here: the node's configuration is turned into :class:`Gat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from workers.prediction import Box
+from workers.prediction import Box, ModelInfo, Prediction
 
 # PS3.16 Annex L (Body Part Examined defined terms) and the SNOMED CT codes of CID 4 "Anatomic Region".
 DEFAULT_BODY_PARTS = ("BREAST", "AXILLA")
@@ -98,3 +100,47 @@ def image_reason(frames: np.ndarray, box: Box) -> str | None:
         if change < FROZEN_DIFF:
             return f"frozen loop (mean change between frames {change:.2f} grey levels)"
     return None
+
+
+# ---------------------------------------------------------------- pipeline hooks (workers/stages.py)
+NOT_ASSESSABLE_FILE = "not_assessable.txt"  # in the job's result folder: the gate's reason, one line
+
+
+def rules_for(model: Any, peers: Sequence[Any], calling_ae: str | None) -> GateRules | None:
+    """The gate of ``[model]`` with the sending peer's overrides (None when ``[model] gate = false``)."""
+    if not model.gate:
+        return None
+    peer = next((p for p in peers if calling_ae and p.ae_title == calling_ae.strip()), None)
+    parts = peer.body_parts if peer is not None and peer.body_parts is not None else model.body_parts
+    required = peer.require_body_part if peer is not None and peer.require_body_part is not None else model.require_body_part
+    return GateRules.of(parts, required)
+
+
+def operating_threshold(configured: float | None, model: ModelInfo) -> float:
+    """``[model] threshold`` when set, else the bundle's calibrated operating point, else 0.5."""
+    if configured is not None:
+        return float(configured)
+    return float(model.operating_point) if model.operating_point is not None else 0.5
+
+
+def classified_values(prediction: Prediction, folder: Path) -> dict[str, Any]:
+    """Ledger columns for ``classified``; a not-assessable loop gets its reason and no probability."""
+    marker = folder / NOT_ASSESSABLE_FILE
+    values: dict[str, Any] = {"model_uid": prediction.model.model_uid}
+    if prediction.assessable:
+        marker.unlink(missing_ok=True)
+        values["probability"] = f"{prediction.probability:.4f}"
+    else:
+        marker.write_text(f"{prediction.not_assessable}\n", encoding="utf-8")
+        values.update(probability=None, reason=not_assessable_reason(prediction.not_assessable))
+    return values
+
+
+def not_assessable_reason(reason: str | None) -> str:
+    return f"not assessable: {reason}"
+
+
+def not_assessable(folder: Path) -> str | None:
+    """The gate's reason recorded for a job, or None."""
+    marker = folder / NOT_ASSESSABLE_FILE
+    return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None

@@ -19,6 +19,7 @@ from node.ledger import Ledger
 from node.outbox import SC_CINE_FILE, SC_KEY_FILE, SR_FILE, dispatch_results, result_files
 from node.route import skip_reason
 from node.spool import Spool
+from workers import gate
 from workers.errors import WorkerError
 from workers.results.store import PREDICTION, load_prediction, result_dir, save_dataset, save_prediction
 
@@ -80,16 +81,15 @@ def classify(ctx: WorkerContext, uid: str) -> bool:
     assert bundle is not None  # skip_reason covers a missing bundle
     try:
         prediction = predict(
-            bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device, precision=ctx.settings.model.precision
+            bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device, precision=ctx.settings.model.precision,
+            gate=gate.rules_for(ctx.settings.model, ctx.settings.peers, row.get("calling_ae")),  # input gate (#9)
         )
     except WorkerError as exc:
         ctx.ledger.set_state(uid, "failed", stage="classify", reason=str(exc))
         logger.error("classify %s failed: %s", uid, exc)
         return False
     save_prediction(ctx.folder(uid), prediction)
-    ctx.ledger.set_state(
-        uid, "classified", probability=f"{prediction.probability:.4f}", model_uid=prediction.model.model_uid
-    )
+    ctx.ledger.set_state(uid, "classified", **gate.classified_values(prediction, ctx.folder(uid)))
     return True
 
 
@@ -108,7 +108,15 @@ def render(ctx: WorkerContext, uid: str) -> bool:
 
     prediction = load_prediction(folder)
     path = ctx.spool.path_of(row["spool_path"])
-    threshold = ctx.settings.model.threshold
+    threshold = gate.operating_threshold(ctx.settings.model.threshold, prediction.model)
+    if not prediction.assessable:  # input gate (#9): an SR that says why, no heatmaps
+        try:
+            save_dataset(folder, SR_FILE, build_sr(prediction, dcmread(path, stop_before_pixels=True), threshold=threshold))
+        except WorkerError as exc:
+            ctx.ledger.set_state(uid, "failed", stage="render", reason=str(exc))
+            return False
+        ctx.ledger.set_state(uid, "rendered", reason=gate.not_assessable_reason(prediction.not_assessable))
+        return True
     try:
         source = dcmread(path, stop_before_pixels=True)
         clip = load_clip(path)
@@ -135,4 +143,9 @@ def dispatch(ctx: WorkerContext, uid: str, *, force: bool = False) -> bool:
         return False
     if not force and _job(ctx, uid, "dispatch") is None:
         return False
-    return dispatch_results(ctx.settings, ctx.ledger, uid, result_files(ctx.settings, uid))
+    reason = gate.not_assessable(ctx.folder(uid))  # input gate (#9): only the SR, and status keeps the reason
+    files = [ctx.folder(uid) / SR_FILE] if reason else result_files(ctx.settings, uid)
+    ok = dispatch_results(ctx.settings, ctx.ledger, uid, files)
+    if ok and reason:
+        ctx.ledger.set_state(uid, "dispatched", reason=f"{gate.not_assessable_reason(reason)}; {ctx.ledger.find(uid)['reason']}")  # type: ignore[index]
+    return ok
