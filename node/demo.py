@@ -157,7 +157,9 @@ def report(ledger: Ledger, files: dict[str, Path], truth: dict[str, int], pacs: 
             with np.load(pred) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
             prob, key = f"{100 * meta['probability']:.1f} %", str(meta["key_frame"] + 1)
-            if label is not None:
+            if meta.get("gate", {}).get("not_assessable"):  # the input gate refused it: no probability
+                prob, key = "n/a", "-"
+            elif label is not None:
                 scores[label].append(meta["probability"])
         study = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
         place = where(pacs, uid, study) if row["state"] == "dispatched" else f"{row['state']}: {row['reason']}"
