@@ -158,3 +158,23 @@ def test_bundles_without_statistics_and_old_bundles_still_load(tmp_path: Path) -
     (old / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="^model_uid: .* covers the weights only"):
         load_bundle(old)
+
+
+def test_evaluate_reports_ece_reliability_and_the_ood_distribution(tmp_path: Path) -> None:
+    from workers.research import evaluate, gate_report
+
+    logits, labels = overconfident_loops(120)
+    csv_path = tmp_path / "oof.csv"
+    csv_path.write_text("case_id,label,score\n" + "".join(
+        f"c{i},{y},{loop_probability(x):.6f}\n" for i, (x, y) in enumerate(zip(logits, labels, strict=True))))
+
+    assert evaluate.main(["--predictions", str(csv_path), "--out", str(tmp_path / "report")]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    ece = metrics["calibration"]["oof"]["ece"]
+    assert ece == pytest.approx(expected_calibration_error(labels, [loop_probability(x) for x in logits]))
+    assert (tmp_path / "report" / metrics["calibration"]["oof"]["reliability_diagram"]).stat().st_size > 5000
+
+    rows = [{"ood_score": s, "ood_threshold": 10.0} for s in (1.0, 5.0, 9.0, 12.0)]
+    summary = gate_report.ood_summary(rows, tmp_path)
+    assert summary["gated"] == 1 and summary["n"] == 4 and summary["quantiles"]["max"] == 12.0
+    assert (tmp_path / "ood_scores.png").is_file()

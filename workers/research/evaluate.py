@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from workers.errors import WorkerError
-from workers.research import stats
+from workers.research import gate_report, stats
 from workers.research.inputs import (  # noqa: F401  (re-exported: the public names of evaluate)
     PREDICTION_COLUMNS,
     EvaluationError,
@@ -79,6 +79,7 @@ def run_bundle(
     name = bundle.name
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "predictions.csv"
+    ood_rows: list[dict[str, Any]] = []
     with target.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
         writer.writeheader()
@@ -95,6 +96,8 @@ def run_bundle(
                 "cam_peak_x": "" if peak is None else peak[1], "patient_id": row.patient_id, "path": row.path,
             })
             logger.info("case %d/%d %s: P(metastasis)=%.3f", i, len(rows), row.case_id, pred.probability)
+            ood_rows += [r for r in [gate_report.ood_row(row.case_id, row.label, pred)] if r is not None]
+    gate_report.write_ood_scores(out_dir / "ood_scores.csv", ood_rows)  # the input gate's view of this set (#9)
     return name, target
 
 
@@ -201,10 +204,20 @@ def main(argv: list[str]) -> int:
     except EvaluationError as exc:
         print(f"alnnode evaluate: error: {exc}", file=sys.stderr)
         return 2
+    result.metrics["calibration"] = json_clean(gate_report.calibration_metrics(result.models, args.out))
+    if args.bundle is not None and (args.out / "ood_scores.csv").is_file():
+        with (args.out / "ood_scores.csv").open(newline="") as fh:
+            result.metrics["ood"] = json_clean(gate_report.ood_summary(list(csv.DictReader(fh)), args.out))
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
     written = report.write_report(result, args.out)
     for name, row in result.metrics["models"].items():
         ci = "CI n/a" if row["auc_ci_low"] is None else f"{row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}"
-        print(f"{name}: AUC {row['auc']:.3f} ({ci}), n={row['n']}, threshold {row['threshold']:g}")
+        ece = result.metrics["calibration"].get(name, {}).get("ece")
+        print(f"{name}: AUC {row['auc']:.3f} ({ci}), n={row['n']}, threshold {row['threshold']:g}"
+              + ("" if ece is None else f", ECE {ece:.3f}"))
+    if result.metrics.get("ood"):
+        o = result.metrics["ood"]
+        print(f"OOD gate: {o['gated']}/{o['n']} loops over the bundle's threshold {o['threshold']:.2f} "
+              f"(median score {o['quantiles']['median']:.2f})")
     print(f"wrote {args.out / 'metrics.json'} and {', '.join(p.name for p in written)}")
     return 0
