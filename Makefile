@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc
+DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc chromium npm
 CONFIG ?= deploy/alnnode.toml
 PYTEST_ARGS ?=
 
-.PHONY: all venv debian-tools test lint demo run clean bench
+.PHONY: all venv debian-tools viewer test lint demo run clean bench
 
 all: test
 
@@ -25,7 +25,7 @@ venv: $(STAMP)
 # Debian tools the tests and the demo use; installed when we are root and they are missing.
 debian-tools:
 	@missing=""; \
-	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server Rscript:r-cran-proc; do \
+	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server Rscript:r-cran-proc chromium:chromium npm:npm; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	Rscript -e 'library(pROC)' >/dev/null 2>&1 || missing="$$missing r-cran-proc"; \
@@ -36,11 +36,20 @@ debian-tools:
 	  else echo "warning: missing Debian tools:$$missing (run as root or: sudo apt-get install $(DEBIAN_TOOLS))"; fi; \
 	fi
 
+# OHIF's prebuilt viewer for the browser test (tests/viewer): the lock holds @ohif/app only (its dist/ is
+# self-contained), about 50 MB download, 200 MB on disk, a few seconds.
+VIEWER := tests/viewer/node_modules/@ohif/app/dist/index.html
+$(VIEWER): tests/viewer/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/viewer --ignore-scripts --no-audit --no-fund && touch $@; \
+	else echo "warning: npm is missing (apt-get install npm): the OHIF browser test cannot run"; fi
+
+viewer: $(VIEWER)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check node workers tests bench
 	$(VENV)/bin/mypy node workers
 
-test: $(STAMP) debian-tools lint
+test: $(STAMP) debian-tools viewer lint
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: $(STAMP) debian-tools
@@ -54,4 +63,4 @@ bench: $(STAMP) debian-tools
 	$(PY) bench/models.py
 
 clean:
-	rm -rf $(VENV) var demo-out .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var demo-out .pytest_cache .mypy_cache .ruff_cache *.egg-info tests/viewer/node_modules tests/viewer/artifacts
