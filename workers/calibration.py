@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 from sklearn.metrics import roc_curve
@@ -81,7 +82,7 @@ def _nll(logits: Sequence[np.ndarray], labels: np.ndarray, temperature: float) -
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
-def fit_temperature(logits: Sequence[np.ndarray], labels: Sequence[int]) -> float:
+def fit_temperature(logits: Sequence[np.ndarray], labels: ArrayLike) -> float:
     """The T in [0.05, 20] that minimises the NLL of ``labels`` under the loop probabilities (bounded Brent on log T).
 
     ``logits``: one (n_clips, 2) array per loop.
@@ -97,7 +98,7 @@ def fit_temperature(logits: Sequence[np.ndarray], labels: Sequence[int]) -> floa
 
 
 def operating_point(
-    labels: Sequence[int], probabilities: Sequence[float], method: str = "youden", target_sensitivity: float = 0.9
+    labels: ArrayLike, probabilities: ArrayLike, method: str = "youden", target_sensitivity: float = 0.9
 ) -> tuple[float, float, float]:
     """(threshold, sensitivity, specificity): Present when P >= threshold.
 
@@ -120,7 +121,7 @@ def operating_point(
     return float(thresholds[i]), float(tpr[i]), float(1.0 - fpr[i])
 
 
-def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[float], bins: int = 10) -> float:
+def expected_calibration_error(labels: ArrayLike, probabilities: ArrayLike, bins: int = 10) -> float:
     """ECE of P(metastasis) over ``bins`` equal-width bins (empty bins carry no weight)."""
     y, p = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
     if len(y) == 0:
@@ -135,7 +136,7 @@ def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[fl
 
 
 def fit_calibration(
-    logits: Sequence[np.ndarray], labels: Sequence[int], *, method: str = "youden", target_sensitivity: float = 0.9
+    logits: Sequence[np.ndarray], labels: ArrayLike, *, method: str = "youden", target_sensitivity: float = 0.9
 ) -> Calibration:
     """Temperature, then the operating point on the calibrated out-of-fold probabilities."""
     y = np.asarray(labels, dtype=int)
@@ -147,7 +148,7 @@ def fit_calibration(
                        spec, expected_calibration_error(y, before), expected_calibration_error(y, after))  # fmt: skip
 
 
-def reliability_diagram(labels: Sequence[int], probabilities: Sequence[float], path: Path, *, bins: int = 10,
+def reliability_diagram(labels: ArrayLike, probabilities: ArrayLike, path: Path, *, bins: int = 10,
                         title: str = "") -> Path:  # fmt: skip
     """Observed fraction of metastases against mean predicted probability per bin, with the ECE."""
     import matplotlib

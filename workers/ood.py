@@ -61,7 +61,7 @@ class OodStats:
         path = Path(bundle_root) / OOD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
-            np.savez(fh, **self.arrays())
+            np.savez(fh, means=self.means.astype(np.float64), precision=self.precision.astype(np.float64))
         return path
 
     @classmethod
