@@ -98,9 +98,6 @@ def _open_sr_in_ohif(base: str, study_uid: str, shot: Path) -> dict[str, Any]:
             page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}", timeout=180_000)
             page.wait_for_function("() => window.services?.displaySetService?.getActiveDisplaySets()"
                                    ".some(d => d.Modality === 'SR')", timeout=180_000)  # fmt: skip
-            skip = page.get_by_text("Skip all")  # the first-visit tour
-            if skip.count():
-                skip.first.click()
             page.evaluate("""() => {
                 const {displaySetService, viewportGridService} = window.services;
                 const sr = displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR');
@@ -115,6 +112,9 @@ def _open_sr_in_ohif(base: str, study_uid: str, shot: Path) -> dict[str, Any]:
                 const vp = s.getCornerstoneViewport(window.services.viewportGridService.getActiveViewportId());
                 return {texts, frame: vp.getCurrentImageIdIndex(), imageId: vp.getCurrentImageId()};
             }""")
+            skip = page.get_by_text("Skip all")  # OHIF's first-visit tour would cover the image
+            if skip.count() and skip.first.is_visible():
+                skip.first.click()
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             shown["errors"] = errors
