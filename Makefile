@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb redis-server r-cran-proc \
-	docker-compose kubernetes-client systemd openssl postgresql chromium
+	docker-compose kubernetes-client systemd openssl postgresql chromium npm
 CONFIG ?= deploy/alnnode.toml
 PYTEST_ARGS ?=
 
-.PHONY: all venv debian-tools test lint demo run clean bench
+.PHONY: all venv debian-tools viewer test lint demo run clean bench
 
 all: test
 
@@ -27,7 +27,8 @@ venv: $(STAMP)
 debian-tools:
 	@missing=""; \
 	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server Rscript:r-cran-proc \
-	         docker-compose:docker-compose kubectl:kubernetes-client systemd-analyze:systemd openssl:openssl; do \
+	         docker-compose:docker-compose kubectl:kubernetes-client systemd-analyze:systemd openssl:openssl \
+	         chromium:chromium npm:npm; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
@@ -39,11 +40,20 @@ debian-tools:
 	  else echo "warning: missing Debian tools:$$missing (run as root or: sudo apt-get install $(DEBIAN_TOOLS))"; fi; \
 	fi
 
+# OHIF's prebuilt viewer for the browser test (tests/viewer): the lock holds @ohif/app only (its dist/ is
+# self-contained), about 50 MB download, 200 MB on disk, a few seconds.
+VIEWER := tests/viewer/node_modules/@ohif/app/dist/index.html
+$(VIEWER): tests/viewer/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/viewer --ignore-scripts --no-audit --no-fund && touch $@; \
+	else echo "warning: npm is missing (apt-get install npm): the OHIF browser test cannot run"; fi
+
+viewer: $(VIEWER)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check node workers tests bench
 	$(VENV)/bin/mypy node workers
 
-test: $(STAMP) debian-tools lint
+test: $(STAMP) debian-tools viewer lint
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: $(STAMP) debian-tools
@@ -57,4 +67,4 @@ bench: $(STAMP) debian-tools
 	$(PY) bench/models.py
 
 clean:
-	rm -rf $(VENV) var demo-out .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var demo-out .pytest_cache .mypy_cache .ruff_cache *.egg-info tests/viewer/node_modules tests/viewer/artifacts

@@ -137,6 +137,9 @@ class Peer(_Section):
         if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
             raise ValueError(f"{v!r} is not a SHA-256 fingerprint (64 hex digits)")
         return hexed
+    # Per-peer input-gate overrides of [model] body_parts / require_body_part (None: the [model] value)
+    body_parts: list[str] | None = None
+    require_body_part: bool | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -250,8 +253,13 @@ class QueueSection(_Section):
 
 class ModelSection(_Section):
     bundle: Path | None = None
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Present/Absent operating point; unset: the bundle's own (chosen on its out-of-fold data), else 0.5
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
     min_frames: int = Field(8, ge=1)
+    # Input gate (workers/gate.py): Body Part Examined / Anatomic Region, when present, must be one of these
+    body_parts: list[str] = ["BREAST", "AXILLA"]
+    require_body_part: bool = False  # true: an empty body part fails the gate too
+    gate: bool = True  # image checks and the out-of-distribution gate (false: report every loop)
     allow_research_models: bool = False
     device: str = "auto"
     # CPU inference: bf16 autocast is about 3x faster on CPUs with AVX512-BF16/AMX ("auto" uses it there)

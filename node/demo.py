@@ -38,7 +38,7 @@ TRAIN = (
     "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0, epochs=20, phantom_size=(160, 208), size=80))"
 )
 # What the cached bundle was trained with; a change here (or in the phantom generator, "phantom-2") retrains it.
-RECIPE = "phantom-2 " + TRAIN
+RECIPE = "phantom-2 gate-1 " + TRAIN  # gate-1: the bundle holds OOD statistics and calibration (#9)
 
 
 def _alnnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -91,7 +91,6 @@ data_dir = "{OUT / 'var'}"
 min_free_mb = 100
 [model]
 bundle = "{bundle}"
-threshold = 0.5
 allow_research_models = true   # the demo model is trained on synthetic phantoms only
 [queue]
 embedded_workers = 1
@@ -158,7 +157,9 @@ def report(ledger: Ledger, files: dict[str, Path], truth: dict[str, int], pacs: 
             with np.load(pred) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
             prob, key = f"{100 * meta['probability']:.1f} %", str(meta["key_frame"] + 1)
-            if label is not None:
+            if meta.get("gate", {}).get("not_assessable"):  # the input gate refused it: no probability
+                prob, key = "n/a", "-"
+            elif label is not None:
                 scores[label].append(meta["probability"])
         study = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
         place = where(pacs, uid, study) if row["state"] == "dispatched" else f"{row['state']}: {row['reason']}"

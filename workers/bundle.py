@@ -9,8 +9,9 @@ Layout (MONAI bundle specification, ``docs/source/mb_specification.rst``)::
     BUNDLE/docs/README.md          model card
 
 ``model_uid`` is a DICOM UID of the ``2.25.<integer>`` form (PS3.5 B.2) made from the first 128 bits
-of the SHA-256 of the weights, so every result can name the exact weights that produced it and the
-UID changes whenever any weight changes. Loading refuses a bundle whose metadata and weights disagree,
+of the SHA-256 of the weights, the research flags, the calibration and the OOD statistics
+(:mod:`workers.bundle_trust`), so every result can name the exact model that produced it and the
+UID changes whenever any of them changes. Loading refuses a bundle whose metadata and weights disagree,
 naming the field. The checks live in :mod:`workers.bundle_checks`, ``inference.json`` and the TorchScript
 export in :mod:`workers.bundle_export`, the ``alnnode bundle`` CLI in :mod:`workers.bundle_cli`.
 """
@@ -30,11 +31,14 @@ import numpy as np
 import torch
 
 from workers import __version__ as aln_version
+from workers import bundle_trust
 from workers.bundle_checks import VERSION_RE, check_metadata, check_state
 from workers.bundle_export import CLASS_NAMES, data_format, inference_config, save_torchscript
+from workers.calibration import Calibration
 from workers.errors import BundleError
 from workers.models import ARCHS, ClipClassifier
 from workers.models.card import model_card
+from workers.ood import OodStats
 from workers.prediction import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ class LoadedBundle:
     path: Path | None = None
     device: str = "cpu"
     explainer: Any = field(default=None, repr=False, compare=False)  # Grad-CAM object, made on first use
+    calibration: Calibration | None = None  # temperature + operating point (workers.calibration)
+    ood: OodStats | None = None  # out-of-distribution statistics (workers.ood)
 
 
 def weights_uid(state: dict[str, torch.Tensor]) -> str:
@@ -82,6 +88,8 @@ def save_bundle(
     training: dict[str, Any] | None = None,
     version: str = "0.1.0",
     torchscript: bool = False,
+    calibration: Calibration | None = None,
+    ood: OodStats | None = None,
 ) -> Path:
     """Write ``model`` as a MONAI bundle directory and return its path.
 
@@ -130,11 +138,12 @@ def save_bundle(
         "training": training,
         "references": ['Shao H, Qian S, Liu Y. "Temporal Interlacing Network", AAAI 2020'],
         "network_data_format": data_format(frames, size),
-        "model_uid": weights_uid(state),
+        "model_uid": "",
     }
     out = Path(out_dir)
     for sub in ("configs", "models", "docs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    bundle_trust.stamp(state, metadata, out, calibration, ood)  # model_uid covers flags and statistics too
     torch.save(state, out / "models" / "model.pt")
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / "configs" / "inference.json").write_text(
@@ -176,8 +185,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> LoadedBundle:
         raise BundleError(f"models/model.pt: cannot be read ({exc})") from exc
     if not isinstance(state, dict) or "clip_frames" not in state:
         raise BundleError("models/model.pt: not an aln-node state dict (no clip_frames)")
-    if weights_uid(state) != metadata["model_uid"]:
-        raise BundleError(f"model_uid: {metadata['model_uid']} does not match the weights in {weights_path}")
+    calibration, ood = bundle_trust.verify(state, metadata, root)
     video = metadata["network_data_format"]["inputs"]["video"]
     frames, size = int(state["clip_frames"]), int(state["clip_size"])
     if video["frames"] != frames:
@@ -194,9 +202,10 @@ def load_bundle(path: str | Path, device: str = "cpu") -> LoadedBundle:
     info = ModelInfo(
         name=metadata["name"], arch=metadata["arch"], version=metadata["version"], model_uid=metadata["model_uid"],
         synthetic_only=metadata["synthetic_only"], untrained=metadata["untrained"],
+        operating_point=calibration.threshold if calibration is not None else None,
     )  # fmt: skip
     logger.info("bundle %s loaded from %s (%s, %s) on %s", info.name, root, info.arch, info.model_uid, device)
-    return LoadedBundle(model, metadata, info, frames, size, root, str(device))
+    return LoadedBundle(model, metadata, info, frames, size, root, str(device), calibration=calibration, ood=ood)
 
 
 

@@ -2,7 +2,9 @@
 
 Steps (the study's evaluation path): decode -> crop the ultrasound image region -> ``n_clips`` clips of
 T frames, each a uniform-stride pass over the whole loop -> model -> P(metastasis) = mean over clips of
-softmax[:, 1] -> Grad-CAM of the clip with the highest probability (batch 1, predicted class) ->
+softmax(logits / T)[:, 1] (T: the bundle's temperature, 1 without calibration) -> out-of-distribution score of
+the penultimate features (workers.ood) -> Grad-CAM of the clip with the highest probability (batch 1,
+always the metastasis class) ->
 key frame = frame with the highest CAM peak -> maps put back into the source frame geometry.
 
 A worker process keeps loaded bundles in a small cache keyed by (path, model_uid, device): the model is
@@ -28,14 +30,17 @@ from pydicom import Dataset
 from workers.bundle import LoadedBundle, load_bundle
 from workers.decode import Clip, load_clip
 from workers.errors import BundleError
+from workers.gate import GateRules, image_reason, tag_reason
 from workers.gradcam import clip_cam, key_frame_position, make_explainer
-from workers.prediction import Prediction
+from workers.ood import capture_features, clip_features, score_loop
+from workers.prediction import Box, Prediction
 from workers.preprocess import find_image_region, map_to_original, prepare_clip, sample_clip_indices
 
 logger = logging.getLogger(__name__)
 
 BASE = 256  # the study's resize before the (centre) crop; workers.preprocess default
 _CLIPS_PER_BATCH = 4
+METASTASIS = 1  # class index of "ALN metastasis" (workers.bundle.CLASS_NAMES)
 
 
 def default_device() -> str:
@@ -138,6 +143,7 @@ def predict(
     n_clips: int | None = None,
     explain: bool = True,
     precision: str = "fp32",
+    gate: GateRules | None = None,
 ) -> Prediction:
     """Classify one cine loop.
 
@@ -154,6 +160,11 @@ def predict(
     precision
         On the CPU: ``fp32`` (default), ``bf16`` (autocast), ``auto`` (bf16 where the CPU supports it
         natively). CUDA always runs with autocast (bf16, else fp16).
+    gate
+        Input-gate rules (:mod:`workers.gate`): a loop that fails the tag or image checks comes back at once,
+        without running the model, as a prediction with ``not_assessable`` set and a NaN probability; one
+        whose out-of-distribution score is above the bundle's threshold has ``not_assessable`` set too.
+        None: no gate (the scores are still computed).
     explain
         Compute Grad-CAM. Without it ``cam`` is empty (0, rows, cols), ``cam_frames`` is empty and
         ``key_frame`` is the middle frame of the most positive clip.
@@ -169,22 +180,35 @@ def predict(
     box = find_image_region(clip)
     indices = sample_clip_indices(clip.n_frames, frames=loaded.frames, n_clips=n_clips)
     decoded = cast(Clip, _DecodedFrames(clip, indices))
+    if gate is not None:
+        reason = tag_reason(getattr(clip, "_header", Dataset()), gate)
+        if reason is None and gate.check_image:
+            reason = image_reason(decoded.frames(sorted({int(i) for i in indices.ravel()})), box)
+        if reason is not None:
+            return _not_assessable(clip, loaded, box, indices, reason, started)
     batch = torch.stack([prepare_clip(decoded, idx, box, size=loaded.size, base=BASE) for idx in indices])
     autocast = _autocast(dev, precision)
-    logits_parts = []
-    with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
+    logits_parts, sizes = [], []
+    with capture_features(model) as captured, torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
         for chunk in batch.split(_CLIPS_PER_BATCH):
             logits_parts.append(model(chunk.to(dev)).float().cpu())
+            sizes.append(len(chunk))
     logits = torch.cat(logits_parts)
-    probs = torch.softmax(logits, dim=1)[:, 1]
+    calibration, ood = getattr(loaded, "calibration", None), getattr(loaded, "ood", None)
+    temperature = calibration.temperature if calibration is not None else 1.0
+    probs = torch.softmax(logits / temperature, dim=1)[:, 1]
     best = int(torch.argmax(probs))
     best_idx = indices[best]
     extra: dict[str, float] = {"n_clips": float(len(indices)), "best_clip": float(best),
-                               "best_clip_probability": float(probs[best])}  # fmt: skip
+                               "best_clip_probability": float(probs[best]),
+                               "uncalibrated_probability": float(torch.softmax(logits, dim=1)[:, 1].mean())}  # fmt: skip
+    scores = score_loop(ood, clip_features(captured, sizes), logits.numpy()) if ood is not None else None
     if explain:
         if loaded.explainer is None:
             loaded.explainer = make_explainer(model)
-        cam_class = int(torch.argmax(logits[best]))
+        # Always the metastasis class: the map explains the score the SR reports, whatever the threshold
+        # (the argmax class would explain the opposite verdict when 0.5 < P < threshold).
+        cam_class = METASTASIS
         cam = clip_cam(model, loaded.explainer, batch[best : best + 1].to(dev), cam_class, autocast)
         position = key_frame_position(cam)
         key_frame = int(best_idx[position])
@@ -206,11 +230,33 @@ def predict(
         device=str(dev),
         seconds=time.perf_counter() - started,
         extra=extra,
+        temperature=temperature,
+        ood_score=None if scores is None else scores.score,
+        ood_threshold=None if scores is None else scores.threshold,
+        energy_score=None if scores is None else scores.energy,
+        energy_threshold=None if scores is None else scores.energy_threshold,
+        not_assessable=scores.reason() if gate is not None and gate.check_ood and scores is not None
+        and scores.out_of_distribution else None,
     )
+    if prediction.not_assessable:
+        logger.warning("%s: not assessable: %s", clip.sop_instance_uid, prediction.not_assessable)
     logger.info("%s: P(ALN metastasis)=%.3f over %d clips, key frame %d, %s on %s in %.2f s",
                 clip.sop_instance_uid, prediction.probability, len(indices), key_frame, loaded.info.arch,
                 dev, prediction.seconds)  # fmt: skip
     return prediction
+
+
+def _not_assessable(
+    clip: Clip, loaded: LoadedBundle, box: Box, indices: np.ndarray, reason: str, started: float
+) -> Prediction:
+    """A loop that failed the gate before the model: no probability, no map; key frame = middle frame."""
+    logger.warning("%s: not assessable: %s", clip.sop_instance_uid, reason)
+    return Prediction(
+        sop_instance_uid=clip.sop_instance_uid, probability=float("nan"), clip_logits=np.zeros((0, 2), np.float32),
+        frame_indices=np.asarray(indices, dtype=np.int64), key_frame=clip.n_frames // 2,
+        cam=np.zeros((0, clip.rows, clip.cols), np.float32), cam_frames=(), crop=box, model=loaded.info,
+        device=loaded.device, seconds=time.perf_counter() - started, not_assessable=reason,
+    )  # fmt: skip
 
 
 def _per_source_frame(

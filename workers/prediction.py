@@ -35,6 +35,7 @@ class ModelInfo:
     model_uid: str  # changes whenever the weights change
     synthetic_only: bool  # trained only on synthetic phantoms
     untrained: bool = False  # random weights (bundle create)
+    operating_point: float | None = None  # the bundle's calibrated threshold (None: none stored)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class Prediction:
     device: str = "cpu"
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    # Calibration and input gate (workers.calibration, workers.ood, workers.gate); None: not available.
+    temperature: float = 1.0  # the probability is mean softmax(logits / temperature)
+    ood_score: float | None = None  # Mahalanobis score of the loop's features
+    ood_threshold: float | None = None
+    energy_score: float | None = None
+    energy_threshold: float | None = None
+    not_assessable: str | None = None  # why the loop failed the input gate (then no probability is reported)
 
     def is_positive(self, threshold: float) -> bool:
         return self.probability >= threshold
+
+    @property
+    def assessable(self) -> bool:
+        return self.not_assessable is None

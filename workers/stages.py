@@ -40,6 +40,7 @@ from node.outbox import (
 from node.queue import TASK_CLASSIFY, TASK_DISPATCH, TASK_RENDER
 from node.route import skip_reason
 from node.spool import Spool
+from workers import gate
 from workers.errors import WorkerError
 from workers.results.store import PREDICTION, load_prediction, result_dir, save_dataset, save_prediction
 
@@ -157,13 +158,13 @@ def classify(ctx: WorkerContext, uid: str, me: str) -> Outcome:
     bundle = ctx.settings.model.bundle
     assert bundle is not None  # skip_reason covers a missing bundle
     prediction = predict(
-        bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device, precision=ctx.settings.model.precision
+        bundle, ctx.spool.path_of(row["spool_path"]), device=ctx.device, precision=ctx.settings.model.precision,
+        gate=gate.rules_for(ctx.settings.model, ctx.settings.peers, row.get("calling_ae")),  # input gate (#9)
     )
     save_prediction(ctx.folder(uid), prediction)
     moved = ctx.ledger.transition(
-        uid, "classified", expected=EXPECTED["classify"], claimed_by=me,
-        probability=f"{prediction.probability:.4f}", model_uid=prediction.model.model_uid,
-    )  # fmt: skip
+        uid, "classified", expected=EXPECTED["classify"], claimed_by=me, **gate.classified_values(prediction, ctx.folder(uid))
+    )
     return Outcome(next_task=TASK_RENDER if moved else None)
 
 
@@ -181,8 +182,13 @@ def render(ctx: WorkerContext, uid: str, me: str) -> Outcome:
 
     prediction = load_prediction(folder)
     path = ctx.spool.path_of(row["spool_path"])
-    threshold = ctx.settings.model.threshold
+    threshold = gate.operating_threshold(ctx.settings.model.threshold, prediction.model)
     source = dcmread(path, stop_before_pixels=True)
+    if not prediction.assessable:  # input gate (#9): an SR that says why, no heatmaps
+        save_dataset(folder, SR_FILE, build_sr(prediction, source, threshold=threshold))
+        moved = ctx.ledger.transition(uid, "rendered", expected=EXPECTED["render"], claimed_by=me,
+                                      reason=gate.not_assessable_reason(prediction.not_assessable))  # fmt: skip
+        return Outcome(next_task=TASK_DISPATCH if moved else None)
     clip = load_clip(path)
     key = clip.frames([prediction.key_frame])[0]
     cine = clip.frames(list(prediction.cam_frames))
@@ -200,13 +206,16 @@ def dispatch(ctx: WorkerContext, uid: str, me: str) -> Outcome:
     """Send the results to every destination; transient faults are retried without holding a worker."""
     settings = ctx.settings
     expected = EXPECTED["dispatch"]
+    folder = ctx.folder(uid)
+    gated = gate.not_assessable(folder)  # input gate (#9): only the SR goes out, and status keeps the reason
+    note = f"{gate.not_assessable_reason(gated)}; " if gated else ""
     if not settings.destinations:
-        folder = ctx.folder(uid)
-        ctx.ledger.transition(uid, "dispatched", expected=expected, reason=f"no destinations configured; results in {folder}", claimed_by=me)
+        ctx.ledger.transition(uid, "dispatched", expected=expected, reason=f"{note}no destinations configured; results in {folder}", claimed_by=me)
         return Outcome()
-    outcome = dispatch_once(settings, ctx.ledger, uid, result_files(settings, uid))
+    files = [folder / SR_FILE] if gated else result_files(settings, uid)
+    outcome = dispatch_once(settings, ctx.ledger, uid, files)
     if outcome.done:
-        ctx.ledger.transition(uid, "dispatched", expected=expected, reason=", ".join(outcome.delivered), claimed_by=me)
+        ctx.ledger.transition(uid, "dispatched", expected=expected, reason=note + ", ".join(outcome.delivered), claimed_by=me)
         return Outcome()
     if outcome.missing or outcome.permanent:
         ctx.ledger.transition(uid, "failed", expected=expected, stage="dispatch", reason=outcome.reason(), claimed_by=me)

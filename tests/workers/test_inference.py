@@ -146,3 +146,20 @@ def test_key_frame_and_cam_peak_follow_a_moving_blob(
 
     blank, _ = blob_clip(np.random.default_rng(8), False)
     assert predict(blob_bundle, write_us_loop(tmp_path / "blank.dcm", blank), device="cpu").probability < 0.1
+
+
+def test_grad_cam_explains_the_metastasis_class_whatever_the_verdict(tmp_path: Path) -> None:
+    """The map must explain the score the SR reports: with a threshold other than 0.5 the argmax class of one
+    clip can be the opposite verdict, so Grad-CAM is always taken for class 1 (ALN metastasis)."""
+    model = small_tin(seed=3)
+    with torch.no_grad():  # a model that is sure there is no metastasis
+        model.fc.bias.copy_(torch.tensor([4.0, -4.0]))
+    bundle = save_bundle(model, tmp_path / "neg", arch="tin", options=dict(TINY), name="neg", synthetic_only=True)
+    clip, _ = blob_clip(np.random.default_rng(1), positive=True)
+    loop = write_us_loop(tmp_path / "blob.dcm", clip)
+
+    p = predict(bundle, loop, device="cpu")
+
+    assert p.probability < 0.1
+    assert p.extra["cam_class"] == 1.0
+    assert p.ood_score is None and p.temperature == 1.0 and p.assessable  # no statistics in this bundle

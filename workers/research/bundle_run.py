@@ -13,6 +13,7 @@ import numpy as np
 
 from workers.errors import WorkerError
 from workers.research import stats
+from workers.research import gate_report
 from workers.research.inputs import PREDICTION_COLUMNS, EvaluationError, ModelScores, read_manifest
 from workers.research.progress import progress
 
@@ -54,6 +55,7 @@ def run_bundle(
     name = bundle.name
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "predictions.csv"
+    ood_rows: list[dict[str, Any]] = []
     with target.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
         writer.writeheader()
@@ -74,6 +76,8 @@ def run_bundle(
 
                 write_cam_png(cam_dir, row.case_id, row.path, pred)
             logger.debug("case %s: P(metastasis)=%.3f", row.case_id, pred.probability)
+            ood_rows += [r for r in [gate_report.ood_row(row.case_id, row.label, pred)] if r is not None]
+    gate_report.write_ood_scores(out_dir / "ood_scores.csv", ood_rows)  # the input gate's view of this set (#9)
     return name, target
 
 

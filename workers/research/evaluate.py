@@ -10,6 +10,7 @@ assembled by :mod:`workers.research.metrics` from :mod:`workers.research.stats`,
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from workers.cli_args import (
     print_error,
     setup_logging,
 )
+from workers.research import gate_report
 from workers.research.bundle_run import fold_cams, run_bundle
 from workers.research.clustered import AGGREGATES, has_clusters, to_patients
 from workers.research.inputs import (  # noqa: F401  (re-exported: the public names of evaluate)
@@ -230,11 +232,20 @@ def main(argv: list[str]) -> int:
     bundles = [(n, p.parent) for n, p in named] + ([(models[0].name, args.bundle)] if args.bundle else [])
     result.metrics["provenance"] = provenance(inputs, bundles, argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    result.metrics["calibration"] = json_clean(gate_report.calibration_metrics(result.models, args.out))
+    if args.bundle is not None and (args.out / "ood_scores.csv").is_file():
+        with (args.out / "ood_scores.csv").open(newline="") as fh:
+            result.metrics["ood"] = json_clean(gate_report.ood_summary(list(csv.DictReader(fh)), args.out))
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
     written = report.write_report(result, args.out)
     for name, row in result.metrics["models"].items():
         ci = "CI n/a" if row["auc_ci_low"] is None else f"{row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}"
+        ece = result.metrics["calibration"].get(name, {}).get("ece")
         print(f"{name}: AUC {row['auc']:.3f} ({ci}), n={row['n']} ({result.metrics['analysis']['unit']} level), "
-              f"threshold {row['threshold']:g}")  # fmt: skip
+              f"threshold {row['threshold']:g}" + ("" if ece is None else f", ECE {ece:.3f}"))  # fmt: skip
+    if result.metrics.get("ood"):
+        o = result.metrics["ood"]
+        print(f"OOD gate: {o['gated']}/{o['n']} loops over the bundle's threshold {o['threshold']:.2f} "
+              f"(median score {o['quantiles']['median']:.2f})")
     print(f"wrote {args.out / 'metrics.json'} and {', '.join(p.name for p in written)}")
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from workers.bundle import save_bundle
+from workers.bundle_trust import add_statistics
 from workers.cli_args import (
     Once,
     OnceFlag,
@@ -44,6 +45,7 @@ from workers.cli_args import (
 )
 from workers.models import ARCHS, STATIC_ARCHS
 from workers.research import stats
+from workers.research.gate_fit import calibrate, fold_statistics
 from workers.research.inputs import EvaluationError
 from workers.research.train_data import (
     CACHE_MAX_GB,
@@ -96,6 +98,8 @@ class Summary:
     seconds: float
     ensemble_predictions: str | None = None
     notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # of the deployed bundle (workers.calibration)
+    ood: dict[str, Any] | None = None  # of the deployed bundle (workers.ood)
 
 
 def train_cv(
@@ -104,7 +108,8 @@ def train_cv(
     resume: bool = False, options: dict[str, Any] | None = None, progress: bool = True, ensemble: bool = False,
     workers: int = 0, synthetic: bool | None = None, select: str = "last", schedule: str = "constant",
     cache_dir: str | Path | None = None, overwrite: bool = False, keep_cache: bool = False,
-    cache_max_gb: float | None = None,
+    cache_max_gb: float | None = None, operating_point: str = "youden", target_sensitivity: float = 0.9,
+    ood_percentile: float = 99.0,
 ) -> Summary:
     """Cross-validate ``arch`` on the loops of ``manifest`` and write bundles, predictions and curves to ``out``.
 
@@ -112,7 +117,10 @@ def train_cv(
     ``select="last"`` keeps each fold's final weights; ``"best"`` its epoch with the highest held-out AUC
     (optimistic: the held-out fold then chose the epoch). ``schedule="cosine"`` anneals lr to 0 (not the
     study's). ``cache_dir`` holds the decoded frames and may be shared between runs; the default ``out/cache``
-    is removed at the end unless ``keep_cache``. ``out`` must be new or empty unless ``resume`` or
+    is removed at the end unless ``keep_cache``. The deployed bundle also holds the input gate's OOD statistics
+    (its fold's training loops, threshold at ``ood_percentile`` of its held-out loops) and the temperature and
+    operating point (``youden`` or ``sensitivity`` at ``target_sensitivity``) fitted on every fold's out-of-fold
+    logits (workers.research.gate_fit). ``out`` must be new or empty unless ``resume`` or
     ``overwrite``; the run is refused when the decoded frames would take more than ``cache_max_gb``.
     """
     if arch not in ARCHS:
@@ -127,7 +135,7 @@ def train_cv(
     rows = read_manifest(manifest)
     splits = grouped_stratified_folds([r.label for r in rows], [r.patient_id for r in rows], folds, seed)
     dev = resolve_device(device)
-    synthetic_only = is_synthetic(rows) if synthetic is None else synthetic
+    synthetic_only = bool(synthetic) or is_synthetic(rows)  # a single phantom makes the bundle research-only
     data = describe_data(manifest, rows, synthetic_only)
     base = base_for(size)
     cache = FrameCache(Path(cache_dir) if cache_dir else out / "cache", base, max_gb=cache_max_gb)
@@ -146,7 +154,8 @@ def train_cv(
               "static_image": arch in STATIC_ARCHS and all(r.static_frame is not None for r in rows)}  # fmt: skip
     oof = np.full(len(rows), np.nan)
     fold_of = np.full(len(rows), -1)
-    summaries, history, models = [], [], []
+    summaries, history, models, oods = [], [], [], []
+    oof_logits: list[np.ndarray] = [np.zeros((0, 2))] * len(rows)
     for k, val_idx in enumerate(splits):
         train_idx = np.setdiff1d(np.arange(len(rows)), val_idx)
         cfg = FoldConfig(arch, opts, epochs, lr, batch, frames, size, base, seed, k, schedule, select)
@@ -154,12 +163,17 @@ def train_cv(
         result = train_fold(cfg, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache, device=dev,
                             checkpoint=fold_dir / "checkpoint.pt", resume=resume, workers=workers, progress=progress)  # fmt: skip
         oof[val_idx], fold_of[val_idx] = result.val_scores, k
+        ood, held_out = fold_statistics(result.model, [rows[i] for i in train_idx], [rows[i] for i in val_idx], cache,
+                                        frames=frames, size=size, device=dev, percentile=ood_percentile)  # fmt: skip
+        for i, logits in zip(val_idx, held_out.logits, strict=True):
+            oof_logits[int(i)] = logits
+        oods.append(ood)
         training = {"folds": folds, "fold": k, "epochs": epochs, "kept_epoch": result.epoch, "lr": lr, "batch": batch,
                     "optimizer": "Adam", "schedule": schedule, "seed": seed, "held_out_auc": _num(result.val_auc),
                     "best_epoch": result.best_epoch, "best_held_out_auc": _num(result.best_auc),
                     "n_train": len(train_idx), "n_val": len(val_idx), "data": data.text()}  # fmt: skip
         bundle = save_bundle(result.model.cpu(), fold_dir / "bundle", arch=arch, options=cfg.build_options(),
-                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training)  # fmt: skip
+                             name=f"aln-{arch}-fold{k}", synthetic_only=synthetic_only, training=training, ood=ood)  # fmt: skip
         summaries.append(FoldSummary(k, len(train_idx), len(val_idx), result.epoch, result.val_auc, result.best_epoch,
                                      result.best_auc, str(bundle), result.seconds))  # fmt: skip
         history += result.history
@@ -172,6 +186,9 @@ def train_cv(
     best_dir = out / "best"
     if best_dir.exists():
         shutil.rmtree(best_dir)
+    calibration = calibrate(oof_logits, labels.tolist(), method=operating_point, target_sensitivity=target_sensitivity)
+    for fold, ood in zip(summaries, oods, strict=True):  # the study's calibration, each fold's own OOD statistics
+        add_statistics(Path(fold.bundle), calibration, ood)
     shutil.copytree(summaries[best].bundle, best_dir)
     _add_torchscript(best_dir)  # the deployed bundle stands alone (models/model.ts for configs/inference.json)
     oof_path = _write_predictions(out / "oof_predictions.csv", rows, oof, fold_of)
@@ -179,7 +196,7 @@ def train_cv(
     plot_curves(history, out / "curves.png", title=f"{arch}: {folds}-fold cross-validation")
     summary = Summary(str(out), arch, summaries, float(np.nanmean(aucs)), float(np.nanstd(aucs, ddof=1)) if folds > 1 else 0.0,
                       est.auc, (est.ci_low, est.ci_high), best, str(best_dir), str(oof_path), config, asdict(data),
-                      _versions(), 0.0)  # fmt: skip
+                      _versions(), 0.0, calibration=calibration.to_dict(), ood=oods[best].metadata())  # fmt: skip
     if ensemble:
         clips = EvalClips(cache, frames, size, static_image=arch in STATIC_ARCHS)
         scores = np.mean([evaluate_rows(m.to(dev), rows, clips, dev)[0] for m in models], axis=0)
@@ -308,8 +325,13 @@ def train_demo_bundle(
                 "n_train": len(train_idx), "n_val": len(val_idx),
                 "data": f"{len(rows)} aln-node phantom loops (seed {seed}), 24 frames at {phantom_size[0]}x{phantom_size[1]}"}  # fmt: skip
     logger.info("demo bundle: held-out AUC %.3f on %d loops", result.val_auc, len(val_idx))
+    val_rows = [rows[i] for i in val_idx]
+    ood, held_out = fold_statistics(result.model, [rows[i] for i in train_idx], val_rows, cache, frames=cfg.frames,
+                                    size=size, device=resolve_device(None))  # fmt: skip
+    calibration = calibrate(held_out.logits, [r.label for r in val_rows])  # held-out split: the demo's only OOF data
     return save_bundle(result.model.cpu(), out_dir / "bundle", arch="tin", options=cfg.build_options(),
-                       name="aln-tin18-demo", synthetic_only=True, training=training, torchscript=True)  # fmt: skip
+                       name="aln-tin18-demo", synthetic_only=True, training=training, torchscript=True,
+                       calibration=calibration, ood=ood)  # fmt: skip
 
 
 TRAIN_OUTPUTS = ("fold*", "best", "oof_predictions.csv", "ensemble_predictions.csv", "history.csv", "curves.png",
@@ -348,6 +370,11 @@ def build_parser() -> Parser:
     p.add_argument("--keep-cache", action=OnceFlag, help="keep OUT/cache after the run")
     p.add_argument("--cache-max-gb", type=float, default=CACHE_MAX_GB, action=Once,
                    help="refuse to start when the decoded frames would need more disk than this")
+    p.add_argument("--operating-point", choices=("youden", "sensitivity"), default="youden", action=Once,
+                   help="Present/Absent threshold chosen on out-of-fold data: Youden's J or --target-sensitivity")
+    p.add_argument("--target-sensitivity", type=float, default=0.9, action=Once, help="with --operating-point sensitivity")
+    p.add_argument("--ood-percentile", type=float, default=99.0, action=Once,
+                   help="input-gate OOD threshold: this percentile of held-out training loops' scores")
     return p
 
 
@@ -362,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
                      batch=args.batch, frames=args.frames, size=args.size, device=args.device, seed=args.seed,
                      resume=args.resume, options=options, ensemble=args.ensemble, workers=args.workers,
                      synthetic=synthetic, select=args.select, schedule=args.schedule, cache_dir=args.cache,
-                     overwrite=args.overwrite, keep_cache=args.keep_cache, cache_max_gb=args.cache_max_gb)  # fmt: skip
+                     overwrite=args.overwrite, keep_cache=args.keep_cache, cache_max_gb=args.cache_max_gb,
+                     operating_point=args.operating_point, target_sensitivity=args.target_sensitivity,
+                     ood_percentile=args.ood_percentile)  # fmt: skip
     except (EvaluationError, ValueError, OSError) as exc:
         print_error("alnnode train", exc)
         return 2
@@ -370,5 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold {f.fold}: held-out AUC {f.val_auc:.3f} (epoch {f.epoch}; best {f.best_val_auc:.3f} at {f.best_epoch})")
     print(f"{s.arch}: OOF AUC {s.oof_auc:.3f} (95% CI {s.oof_ci[0]:.3f}-{s.oof_ci[1]:.3f}), mean fold AUC "
           f"{s.mean_auc:.3f} ± {s.sd_auc:.3f}; best fold {s.best_fold} -> {s.best_bundle}")  # fmt: skip
+    if s.calibration and s.ood:
+        print(f"deployed bundle: temperature {s.calibration['temperature']:.3f}, operating point "
+              f"{s.calibration['threshold']:.3f} ({s.calibration['method']}), OOD threshold {s.ood['threshold']:.2f}")
     print(f"wrote {s.oof_predictions}, {Path(s.out) / 'history.csv'}, curves.png, summary.json in {s.seconds:.0f} s")
     return 0

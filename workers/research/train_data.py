@@ -202,12 +202,13 @@ class EvalClips:
 
 # --------------------------------------------------------------------------------------- metadata
 def is_synthetic(rows: Sequence[ManifestRow]) -> bool:
-    """True when every loop was written by ``alnnode phantom`` (Manufacturer "aln-node phantom")."""
+    """True when any loop was written by ``alnnode phantom`` (Manufacturer "aln-node phantom"): a model trained
+    even in part on phantoms is research-only."""
     for row in rows:
         ds = pydicom.dcmread(row.path, stop_before_pixels=True, specific_tags=["Manufacturer"])
-        if str(ds.get("Manufacturer", "")) != PHANTOM_MANUFACTURER:
-            return False
-    return True
+        if str(ds.get("Manufacturer", "")) == PHANTOM_MANUFACTURER:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,8 @@ def check_source(prediction: Prediction, source: Dataset, threshold: float) -> N
     frames = int(source.get("NumberOfFrames", 1) or 1)
     if not 0 <= prediction.key_frame < frames:
         raise ResultError(f"source {uid}: key_frame {prediction.key_frame} outside 0..{frames - 1}")
+    if not prediction.assessable:
+        return  # no probability and possibly no map: nothing more to check
     if prediction.key_frame not in prediction.cam_frames:
         raise ResultError(
             f"source {uid}: key_frame {prediction.key_frame} is not one of cam_frames "

@@ -1,21 +1,27 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) for one classified cine loop, per IHE AIR.
 
-Content tree (PS3.16 TID 1500 / 1501 / 4019, IHE AI Results profile rev 1.1 section 6.5.3.3)::
+Content tree (PS3.16 TID 1500 / 1501 / 4019 / 300, IHE AI Results profile rev 1.1 section 6.5.3.3)::
 
     CONTAINER Imaging Measurement Report (SEPARATE)
-      Language, Observer = device (UID = model UID, manufacturer aln-node, model name = arch)
+      Language, Observer = device (UID = device UID of the model, manufacturer aln-node, model name = arch)
       Procedure reported: Ultrasonography of breast (SCT 47079000)
       CONTAINER Imaging Measurements
         CONTAINER Measurement Group (TID 1501)
           Tracking Identifier + Tracking Unique Identifier (deterministic)
+          Finding (DCM 121071) = Axillary nodal metastases (DCM 111301)
           Finding Site: Axillary lymph node (SCT 68171009) [+ Laterality R/L]
           Algorithm Identification (TID 4019): "aln-node <arch>", bundle version, parameters
-          Probability of cancer (DCM 111047) = 100 x P, UCUM "%"
+          Probability of cancer (DCM 111047) = 100 x P, UCUM "%"           } each NUM INFERRED FROM a
+          [OOD score (Mahalanobis), OOD threshold, UCUM "{score}"]        } SCOORD POLYLINE on the key frame
           Axillary nodal metastases (DCM 111301) = Present / Absent at the threshold
+          TEXT Comment: "AI: ALN metastasis PRESENT 99 % (threshold 50 %)"
           Source images: the loop (key frame as Referenced Frame Number) + the heatmap SCs
       TEXT Comment: research use, not for diagnosis [+ synthetic / untrained model caveat]
 
-``Probability of cancer`` in percent is the concept and unit Orthanc's viewer plug-ins display.
+A loop that failed the input gate (:mod:`workers.gate`) gets the same tree without the probability and
+without Present/Absent: its comments say *not assessable* and why (with the OOD score NUMs when the model
+ran). ``Probability of cancer`` is the standard concept viewers label the number with; the comment says
+what it is here (ALN metastasis). See :mod:`workers.results.sr_content` for what OHIF needs to show it.
 """
 
 from __future__ import annotations
@@ -31,19 +37,19 @@ from pydicom.sr.coding import Code
 
 from workers.errors import ResultError
 from workers.prediction import Prediction
-from workers.results import common, uids
+from workers.results import common, sr_content, uids
 
 logger = logging.getLogger(__name__)
 
 FINDING = codes.DCM.AxillaryNodalMetastases  # DCM 111301 "Axillary nodal metastases"
-PROBABILITY = codes.DCM.ProbabilityOfCancer  # DCM 111047 "Probability of cancer"
+PROBABILITY = sr_content.PROBABILITY
 FINDING_SITE = codes.SCT.AxillaryLymphNode  # SCT 68171009
 PROCEDURE = codes.SCT.UltrasonographyOfBreast  # SCT 47079000
 PRESENT = Code("52101004", "SCT", "Present")
 # CID 240 "Present-Absent Only" lists SCT 2667000 "Absent"; pydicom's table still has the
 # retired 272519000, so the code is spelled out here.
 ABSENT = Code("2667000", "SCT", "Absent")
-PERCENT = Code("%", "UCUM", "percent")
+PERCENT = sr_content.PERCENT
 _LATERALITY = {"R": codes.SCT.Right, "L": codes.SCT.Left}
 
 
@@ -56,6 +62,10 @@ def algorithm_identification(prediction: Prediction, threshold: float) -> hd.sr.
         f"bundle={model.name}",
         f"model_uid={model.model_uid}",
     ]
+    if prediction.temperature != 1.0:
+        parameters.append(f"temperature={prediction.temperature:.4g}")
+    if prediction.ood_threshold is not None:
+        parameters.append(f"ood_threshold={prediction.ood_threshold:.4g}")
     if model.synthetic_only:
         parameters.append("synthetic_only=true")
     if model.untrained:
@@ -174,15 +184,10 @@ def build_sr(
             laterality=_LATERALITY[side] if side else None,
         )
         algorithm = algorithm_identification(prediction, threshold)
-        probability = hd.sr.Measurement(
-            name=PROBABILITY,
-            value=round(100.0 * prediction.probability, 2),
-            unit=PERCENT,
-        )
-        finding = hd.sr.QualitativeEvaluation(
-            name=FINDING,
-            value=PRESENT if prediction.is_positive(threshold) else ABSENT,
-        )
+        evaluations = []
+        if prediction.assessable:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=FINDING, value=PRESENT if prediction.is_positive(threshold) else ABSENT))  # fmt: skip
         source_images = [
             hd.sr.SourceImageForMeasurementGroup.from_source_image(
                 evidence_source, referenced_frame_numbers=[prediction.key_frame + 1]
@@ -194,20 +199,25 @@ def build_sr(
                 uid=uids.result_uid(source_uid, model.model_uid, uids.TRACKING),
                 identifier="AI ALN metastasis classification",
             ),
+            finding_type=FINDING,
             algorithm_id=algorithm,
             finding_sites=[finding_site],
-            measurements=[probability],
-            qualitative_evaluations=[finding],
+            measurements=sr_content.measurements(prediction, evidence_source),
+            qualitative_evaluations=evaluations,
             source_images=source_images,
         )
+        group[0].ContentSequence.append(sr_content.group_comment(prediction, threshold))
         report = hd.sr.MeasurementReport(
             observation_context=observation_context,
             procedure_reported=PROCEDURE,
             imaging_measurements=[group],
         )
+        caveat = common.caveat_sentence(model)
+        if not prediction.assessable:
+            caveat = f"Not assessable: {prediction.not_assessable}. No probability is reported. {caveat}"
         comment = hd.sr.TextContentItem(
             name=codes.DCM.Comment,
-            value=common.caveat_sentence(model),
+            value=caveat,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
         report[0].ContentSequence.append(comment)
@@ -243,25 +253,22 @@ def build_sr(
 
     _make_containers_separate(sr)
     _finish_header(sr, source, prediction)
-    logger.info(
-        "SR %s for %s: P=%.3f, %s at threshold %g",
-        sr.SOPInstanceUID,
-        source_uid,
-        prediction.probability,
-        "Present" if prediction.is_positive(threshold) else "Absent",
-        threshold,
-    )
+    if prediction.assessable:
+        logger.info("SR %s for %s: P=%.3f, %s at threshold %g", sr.SOPInstanceUID, source_uid, prediction.probability,
+                    "Present" if prediction.is_positive(threshold) else "Absent", threshold)  # fmt: skip
+    else:
+        logger.info("SR %s for %s: not assessable: %s", sr.SOPInstanceUID, source_uid, prediction.not_assessable)
     return sr
 
 
 def _finish_header(sr: Dataset, source: Dataset, prediction: Prediction) -> None:
-    """Header fields highdicom does not write: copied study attributes, labels, device UID."""
+    """Header fields highdicom does not write: copied study attributes, labels.
+
+    The model's device UID is the Device Observer UID of the observation context (TID 1004); it is not
+    repeated in Contributing Equipment, whose IOD macro (PS3.3 C.12.1, Table C.12-2a) has no Device UID.
+    """
     model = prediction.model
     common.copy_patient_study(common.with_type2_filled(source), sr)
     sr.SeriesDescription = common.series_description(common.SR_SERIES_DESCRIPTION, model)
     sr.ManufacturerModelName = model.arch[:64]
     sr.SoftwareVersions = common.software_versions(model)
-    for item in sr.get("ContributingEquipmentSequence", []):
-        if item.get("Manufacturer") == common.MANUFACTURER:
-            # Not a parameter of hd.ContributingEquipment; PS3.3 C.12.1 allows it in the item.
-            item.DeviceUID = uids.device_uid(model.model_uid)

@@ -18,6 +18,7 @@ from node.spool import write_atomic
 from workers.prediction import Box, ModelInfo, Prediction
 
 PREDICTION = "prediction.npz"
+_GATE_FIELDS = ("temperature", "ood_score", "ood_threshold", "energy_score", "energy_threshold", "not_assessable")
 
 
 __all__ = ["PREDICTION", "load_prediction", "result_dir", "save_dataset", "save_prediction", "write_atomic"]
@@ -34,6 +35,7 @@ def save_prediction(folder: Path, prediction: Prediction) -> Path:
         "device": prediction.device,
         "seconds": prediction.seconds,
         "extra": prediction.extra,
+        "gate": {k: getattr(prediction, k) for k in _GATE_FIELDS},
     }
     buf = io.BytesIO()
     np.savez_compressed(
@@ -64,6 +66,7 @@ def load_prediction(folder: Path) -> Prediction:
             device=meta["device"],
             seconds=float(meta["seconds"]),
             extra={k: float(v) for k, v in meta["extra"].items()},
+            **meta.get("gate", {}),  # absent in predictions saved before the input gate
         )
 
 
