@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from workers.errors import WorkerError
-from workers.research import stats
-from workers.research import gate_report
+from workers.research import gate_report, stats
 from workers.research.inputs import PREDICTION_COLUMNS, EvaluationError, ModelScores, read_manifest
 from workers.research.progress import progress
 
