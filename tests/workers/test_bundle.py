@@ -156,7 +156,7 @@ def test_cli_creates_an_untrained_bundle(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["verify", str(out)]) == 0
     assert loaded.info.model_uid in capsys.readouterr().out
     assert main(["create", "--arch", "tin", "--out", str(tmp_path / "x"), "--option", "depth=7"]) == 2
-    assert "depth" in capsys.readouterr().out
+    assert "depth" in capsys.readouterr().err
 
 
 def test_cam_layer_option_is_kept_by_the_bundle_and_bad_names_are_refused(tmp_path: Path) -> None:
