@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url or f"http://127.0.0.1:{http_port}/healthz"
         problem = check_edge(url, settings.node.port, args.timeout)
     else:
-        problem = check_worker(settings.queue.broker_url, args.timeout)
+        broker = settings.queue.broker_url
+        problem = check_worker(broker.get_secret_value() if broker is not None else None, args.timeout)
     print(f"unhealthy: {problem}" if problem else "healthy")  # noqa: T201
     return 1 if problem else 0
 

@@ -72,7 +72,7 @@ def test_stderr_logs_are_one_line_per_record(node_cfg: tuple[Path, int], fmt: st
             assert TEXT_LINE.match(line), line
     messages = [json.loads(line)["msg"] for line in lines] if fmt == "json" else lines
     assert any("listening on 127.0.0.1" in m for m in messages)
-    assert any("signal 15: stopping" in m for m in messages)
+    assert any("SIGTERM: draining and stopping" in m for m in messages)
 
 
 def test_log_file_is_rotated(node_cfg: tuple[Path, int], tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def spool_files(data: Path) -> list[str]:
 
 
 def incoming_empty(data: Path) -> bool:
-    return not any((data / "incoming").iterdir())
+    return not any(p.is_file() for p in (data / "incoming").rglob("*"))  # every edge's incoming/<edge>/
 
 
 def test_stow_statuses_limits_and_sigkill(http_node: HttpNode, tmp_path: Path) -> None:
