@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from tests.helpers import require_tool
 from workers.research import stats
 
 DATA = Path(__file__).parent / "data"
@@ -97,14 +98,17 @@ def _random_sets() -> dict[str, dict[str, np.ndarray]]:
     return sets
 
 
-def _has_proc() -> bool:
-    if shutil.which("Rscript") is None:
-        return False
-    return subprocess.run(["Rscript", "-e", "library(pROC)"], capture_output=True, timeout=120).returncode == 0
+def _require_proc() -> None:
+    """R's pROC, the reference; a missing one fails under CI (tests.helpers.require_tool) and skips elsewhere."""
+    rscript = require_tool("Rscript")
+    if subprocess.run([rscript, "-e", "library(pROC)"], capture_output=True, timeout=120).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("R's pROC is not installed (.ci/run must apt-get install r-cran-proc)")
+        pytest.skip("R's pROC is not installed (apt-get install r-cran-proc)")
 
 
-@pytest.mark.skipif(not _has_proc(), reason="Rscript with pROC not installed (Debian: apt-get install r-cran-proc)")
 def test_random_sets_match_rscript_proc(tmp_path: Path) -> None:
+    _require_proc()
     sets = _random_sets()
     data = tmp_path / "sets.csv"
     with data.open("w", newline="") as fh:
