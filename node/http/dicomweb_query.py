@@ -119,9 +119,23 @@ def _filters(request: Request) -> tuple[list[tuple[int, str]], set[int] | None, 
     return filters, include, min(limit, MAX_LIMIT), offset
 
 
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # the query's SOP class in the audit message (PS3.15 A.5.3.10)
+
+
+def _audit_query(request: Request, who: Principal | None) -> None:
+    """PS3.15 A.5.3.10 Query: who asked, from where, and the query itself (base64 in the message)."""
+    from node.audit import AuditLog
+    from node.http.health import current_settings
+
+    client = request.client.host if request.client else None
+    query = f"{request.url.path}?{request.url.query}".encode()
+    AuditLog.from_settings(current_settings(request)).query(who.name if who else "(unknown)", client, STUDY_ROOT_FIND, query)
+
+
 def _search(
-    request: Request, level: str, study: str | None = None, series: str | None = None
+    request: Request, level: str, study: str | None = None, series: str | None = None, *, who: Principal | None = None
 ) -> JSONResponse:
+    _audit_query(request, who)
     filters, include, limit, offset = _filters(request)
     modalities = [q for t, q in filters if t == 0x00080061]  # ModalitiesInStudy: any series of the study
     plain = [(t, q) for t, q in filters if t != 0x00080061]
@@ -207,29 +221,29 @@ def _describe(
 
 @router.get("/studies")
 def search_studies(request: Request, _who: Viewer) -> JSONResponse:
-    return _search(request, "study")
+    return _search(request, "study", who=_who)
 
 
 @router.get("/series")
 def search_all_series(request: Request, _who: Viewer) -> JSONResponse:
-    return _search(request, "series")
+    return _search(request, "series", who=_who)
 
 
 @router.get("/instances")
 def search_all_instances(request: Request, _who: Viewer) -> JSONResponse:
-    return _search(request, "instance")
+    return _search(request, "instance", who=_who)
 
 
 @router.get("/studies/{study}/series")
 def search_series(request: Request, study: str, _who: Viewer) -> JSONResponse:
-    return _search(request, "series", study)
+    return _search(request, "series", study, who=_who)
 
 
 @router.get("/studies/{study}/instances")
 def search_study_instances(request: Request, study: str, _who: Viewer) -> JSONResponse:
-    return _search(request, "instance", study)
+    return _search(request, "instance", study, who=_who)
 
 
 @router.get("/studies/{study}/series/{series}/instances")
 def search_instances(request: Request, study: str, series: str, _who: Viewer) -> JSONResponse:
-    return _search(request, "instance", study, series)
+    return _search(request, "instance", study, series, who=_who)

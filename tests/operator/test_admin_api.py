@@ -84,6 +84,9 @@ def test_admin_api_changes_apply_live_persist_and_are_audited(tmp_path: Path, cr
         assert values[("alnnode_associations_total", (("calling_ae", "NEWAE"), ("outcome", "accepted")))] == 1
         assert values[("alnnode_jobs", (("state", "skipped"),))] + values[("alnnode_jobs", (("state", "received"),))] == 3
 
+        # a QIDO-RS search (Query audit event, PS3.15 A.5.3.10)
+        assert httpx.get(f"{base}/dicom-web/studies", params={"AccessionNumber": "ACC0042"}, headers=VIEWER, timeout=30).status_code == 200
+
         # console login: one good and one bad (User Authentication audit events)
         assert httpx.post(f"{base}/console/login", data={"username": ADMIN_USER, "password": "wrong"}).status_code == 401
         assert httpx.post(f"{base}/console/login", data={"username": ADMIN_USER, "password": ADMIN_PASSWORD}).status_code == 303
@@ -104,8 +107,10 @@ def test_admin_api_changes_apply_live_persist_and_are_audited(tmp_path: Path, cr
 
     messages = audit_messages(data)
     kinds = [event_of(m) for m in messages]
-    for kind in [("110100", "110120"), ("110100", "110121"), ("110104", None), ("110113", "110126"), ("110113", "110131"), ("110114", "110122")]:
+    for kind in [("110100", "110120"), ("110100", "110121"), ("110104", None), ("110112", None), ("110113", "110126"), ("110113", "110131"), ("110114", "110122")]:
         assert kind in kinds, kind
+    query = next(m for m in messages if event_of(m) == ("110112", None))
+    assert query.find(".//ParticipantObjectQuery") is not None, "the query itself is in the message"
     rejected = [m for m in messages if event_of(m) == ("110113", "110126")
                 and m.find("EventIdentification").get("EventOutcomeIndicator") == "4"]  # type: ignore[union-attr]  # fmt: skip
     caller = rejected[0].find("ActiveParticipant")
