@@ -64,7 +64,7 @@ def test_operating_points_youden_and_target_sensitivity() -> None:
     threshold, sens, _ = operating_point(labels, probs, "sensitivity", target_sensitivity=1.0)
     assert threshold == pytest.approx(0.25) and sens == 1.0  # half-way to the next ROC cut (0.1)
     separable = operating_point([0, 0, 1, 1], [0.0, 0.1, 1.0, 1.0])
-    assert separable[0] == pytest.approx(0.55)  # not 1.0: a new positive at 0.99 must still be Present
+    assert 0.1 <= separable[0] < 0.99  # not 1.0: a new positive at 0.99 must still be Present
     with pytest.raises(ValueError, match="'f1'"):
         operating_point(labels, probs, "f1")
 
