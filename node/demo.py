@@ -38,7 +38,7 @@ TRAIN = (
     "print(train_demo_bundle(Path(sys.argv[1]), n=int(sys.argv[2]), seed=0, epochs=20, phantom_size=(160, 208), size=80))"
 )
 # What the cached bundle was trained with; a change here (or in the phantom generator, "phantom-2") retrains it.
-RECIPE = "phantom-2 gate-1 " + TRAIN  # gate-1: the bundle holds OOD statistics and calibration (#9)
+RECIPE = "phantom-2 gate-2 " + TRAIN  # gate-2: OOD statistics and calibration (mid-point operating point) (#9)
 
 
 def _alnnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

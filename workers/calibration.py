@@ -28,7 +28,9 @@ from scipy.special import softmax
 from sklearn.metrics import roc_curve
 
 OPERATING_POINTS = ("youden", "sensitivity")
-_T_RANGE = (0.05, 20.0)
+# Temperature scaling exists to soften over-confident networks (T > 1); on small, perfectly separated
+# out-of-fold sets the NLL keeps falling as T -> 0, so sharpening is bounded at T = 0.5.
+_T_RANGE = (0.5, 20.0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,10 @@ def operating_point(
         i = int(np.argmax(tpr - fpr))
     else:
         i = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
-    return float(thresholds[i]), float(tpr[i]), float(1.0 - fpr[i])
+    # Cut half-way to the next lower score, not at the lowest positive itself: on separable data the score
+    # itself would call every new loop just below it Absent.
+    cut = 0.5 * (thresholds[i] + thresholds[i + 1]) if i + 1 < len(thresholds) else thresholds[i]
+    return float(cut), float(tpr[i]), float(1.0 - fpr[i])
 
 
 def expected_calibration_error(labels: ArrayLike, probabilities: ArrayLike, bins: int = 10) -> float:

@@ -60,9 +60,11 @@ def test_operating_points_youden_and_target_sensitivity() -> None:
     probs = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
 
     threshold, sens, spec = operating_point(labels, probs, "youden")
-    assert (threshold, sens, spec) == (0.7, 0.75, 1.0)
+    assert (threshold, sens, spec) == (pytest.approx(0.65), 0.75, 1.0)  # half-way between 0.7 and 0.6
     threshold, sens, _ = operating_point(labels, probs, "sensitivity", target_sensitivity=1.0)
-    assert threshold == 0.4 and sens == 1.0
+    assert threshold == pytest.approx(0.25) and sens == 1.0  # half-way to the next ROC cut (0.1)
+    separable = operating_point([0, 0, 1, 1], [0.0, 0.1, 1.0, 1.0])
+    assert 0.1 <= separable[0] < 0.99  # not 1.0: a new positive at 0.99 must still be Present
     with pytest.raises(ValueError, match="'f1'"):
         operating_point(labels, probs, "f1")
 
