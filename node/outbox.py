@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 # One folder per job under data_dir/results: the prediction and the rendered objects.
 SR_FILE, SC_KEY_FILE, SC_CINE_FILE = "sr.dcm", "sc_key_frame.dcm", "sc_cine.dcm"
 RESULT_FILES = (SC_KEY_FILE, SC_CINE_FILE, SR_FILE)  # heatmaps first: the SR references them
+NOT_ASSESSABLE_FILE = "not_assessable.txt"  # the input gate's reason (workers.gate): the SR alone goes out
 
 
 def result_dir(data_dir: Path, sop_instance_uid: str) -> Path:
@@ -31,7 +32,11 @@ def result_dir(data_dir: Path, sop_instance_uid: str) -> Path:
 
 
 def result_files(settings: Settings, sop_instance_uid: str) -> list[Path]:
+    """The objects to send for a job: the SR and its heatmaps, or the SR alone for a loop the input gate
+    found not assessable (issue #9), so the dispatch stage and ``alnnode retry`` send the same."""
     folder = result_dir(settings.storage.data_dir, sop_instance_uid)
+    if (folder / NOT_ASSESSABLE_FILE).is_file():
+        return [folder / SR_FILE]
     return [folder / name for name in RESULT_FILES]
 
 

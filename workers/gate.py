@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.outbox import NOT_ASSESSABLE_FILE  # in the job's result folder: the gate's reason, one line
 from workers.prediction import Box, ModelInfo, Prediction
 
 # PS3.16 Annex L (Body Part Examined defined terms) and the SNOMED CT codes of CID 4 "Anatomic Region".
@@ -103,7 +104,6 @@ def image_reason(frames: np.ndarray, box: Box) -> str | None:
 
 
 # ---------------------------------------------------------------- pipeline hooks (workers/stages.py)
-NOT_ASSESSABLE_FILE = "not_assessable.txt"  # in the job's result folder: the gate's reason, one line
 
 
 def rules_for(model: Any, peers: Sequence[Any], calling_ae: str | None) -> GateRules | None:

@@ -48,7 +48,7 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     cfg, port, data = pipeline_config(tmp, bundle, destination_toml("dicomweb", orthanc))
     cfg.write_text(cfg.read_text().replace("threshold = 0.5\n", ""))  # the bundle's own operating point
     log = (tmp / "node.log").open("wb")
-    node = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(cfg)], cwd=ROOT,
+    node = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--allow-root", "--config", str(cfg)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_for(lambda: port_open(port), 120, 0.2, what="the node to listen")
