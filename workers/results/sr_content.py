@@ -56,6 +56,9 @@ def threshold_text(threshold: float) -> str:
     return f"{pct:.0f} %" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f} %"
 
 
+COMMENT_MAX = 50
+
+
 def comment_text(prediction: Prediction, threshold: float) -> str:
     """What the reader sees on the image, e.g. ``AI: ALN metastasis PRESENT 99 % (threshold 50 %)``."""
     if not prediction.assessable:
@@ -63,7 +66,11 @@ def comment_text(prediction: Prediction, threshold: float) -> str:
         text = f"AI: not assessable ({short})"
         return text if len(text) <= 45 else text[:44] + "…"
     verdict = "PRESENT" if prediction.is_positive(threshold) else "ABSENT"
-    return f"AI: ALN metastasis {verdict} {percent_text(prediction.probability)} (threshold {threshold_text(threshold)})"
+    head = f"AI: ALN metastasis {verdict} {percent_text(prediction.probability)}"
+    text = f"{head} (threshold {threshold_text(threshold)})"
+    # OHIF cuts a label line after about 50 characters (shared/FIELD-NOTES.md): "> 99.9 %" with a
+    # calibrated operating point such as 43.7 % would not fit, so the word is shortened then.
+    return text if len(text) <= COMMENT_MAX else f"{head} (thr. {threshold_text(threshold)})"
 
 
 def peak_region(prediction: Prediction) -> np.ndarray:
