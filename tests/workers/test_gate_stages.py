@@ -59,9 +59,11 @@ def _loop(path: Path, *, frozen: bool = False, body_part: str | None = None) -> 
 
 
 def _run(ctx: stages.WorkerContext, uid: str) -> dict:  # type: ignore[type-arg]
-    assert stages.classify(ctx, uid)
-    assert stages.render(ctx, uid)
-    assert stages.dispatch(ctx, uid)
+    """The three stages as the worker runs them (claim, work, guarded transition), in this process."""
+    for stage, after in (("classify", "classified"), ("render", "rendered"), ("dispatch", "dispatched")):
+        stages.run(ctx, stage, uid)
+        row = ctx.ledger.find(uid)
+        assert row is not None and row["state"] == after, row
     row = ctx.ledger.find(uid)
     assert row is not None
     return row
@@ -86,7 +88,7 @@ def test_body_part_rule_and_a_peers_override(tmp_path: Path, bundle: Path) -> No
     ctx = _context(tmp_path, bundle)
     heart = _loop(tmp_path / "heart.dcm", body_part="HEART")
     uid = _spool(ctx, heart, "US_ROOM1")
-    assert stages.classify(ctx, uid)
+    stages.run(ctx, "classify", uid)
     row = ctx.ledger.find(uid)
     assert row is not None and row["reason"] == "not assessable: body part 'HEART' is not one of BREAST, AXILLA"
 
@@ -96,7 +98,7 @@ def test_body_part_rule_and_a_peers_override(tmp_path: Path, bundle: Path) -> No
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(tmp_path / "heart2.dcm", enforce_file_format=True)
     uid2 = _spool(ctx, tmp_path / "heart2.dcm", "CARDIO")
-    assert stages.classify(ctx, uid2)
+    stages.run(ctx, "classify", uid2)
     row2 = other.find(uid2)
     assert row2 is not None and row2["state"] == "classified" and row2["probability"] and not row2["reason"]
     other.close()
