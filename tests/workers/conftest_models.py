@@ -109,5 +109,5 @@ def small_tin(seed: int = 0) -> TIN:
 def make_tiny_bundle(out: Path) -> Path:
     """Save an untrained TIN-R18 bundle (8 frames, 64 px), the cheapest real bundle, to ``out``."""
     return save_bundle(
-        small_tin(), out, arch="tin", options=dict(TINY), name="tin-tiny", synthetic_only=True, untrained=True
+        small_tin(), out, arch="tin", options=dict(TINY), name="tin-tiny", synthetic_only=True, untrained=True, torchscript=True
     )
