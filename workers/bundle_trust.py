@@ -107,4 +107,10 @@ def add_statistics(root: Path, calibration: Calibration | None, ood: OodStats | 
     stamp(state, metadata, root, calibration, ood)
     meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
     (root / "docs" / "README.md").write_text(model_card(metadata))
+    inference = root / "configs" / "inference.json"  # the standalone run names the model UID too (#15)
+    if inference.is_file():
+        config = json.loads(inference.read_text())
+        if isinstance(config.get("result"), dict) and "model_uid" in config["result"]:
+            config["result"]["model_uid"] = metadata["model_uid"]
+            inference.write_text(json.dumps(config, indent=2) + "\n")
     return str(metadata["model_uid"])
