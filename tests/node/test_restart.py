@@ -49,7 +49,7 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(node_proc: NodeProcess
         assert row is not None, f"{path.name} was acknowledged but is not in the ledger"
         spooled = spool.path_of(row["spool_path"])
         assert spooled.exists() and dcmread(spooled).PixelData == dcmread(path).PixelData
-    assert list(spool.incoming.iterdir()) == [], "temp debris left after restart"
+    assert [p for p in spool.incoming.rglob("*") if p.is_file()] == [], "temp debris left after restart"
     assert "interrupted" in ledger.association_summary()
 
 

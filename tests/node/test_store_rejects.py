@@ -46,7 +46,7 @@ def uncr_copy(tmp: Path, name: str, **changes: object) -> tuple[Path, Dataset]:
 def assert_nothing_left(data: Path) -> None:
     spool = Spool(data)
     assert spool.iter_relpaths() == []
-    assert list(spool.incoming.iterdir()) == []
+    assert [p for p in spool.incoming.rglob("*") if p.is_file()] == []  # every edge's incoming/<edge>/
 
 
 def assert_serving(port: int) -> None:
@@ -177,7 +177,7 @@ def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
 def assert_not_stored(data: Path, uid: str) -> None:
     spool = Spool(data)
     assert not spool.path_of(spool.relpath(uid)).exists()
-    assert list(spool.incoming.iterdir()) == []
+    assert [p for p in spool.incoming.rglob("*") if p.is_file()] == []  # every edge's incoming/<edge>/
 
 
 def encoded(ds: Dataset) -> bytes:
@@ -351,7 +351,7 @@ def test_deflated_object_is_accepted(shared_node: tuple[int, Path], tmp_path: Pa
     assert rsp.Status == 0x0000
     row = Ledger(f"sqlite:///{shared_node[1] / 'ledger.sqlite'}").find(str(ds.SOPInstanceUID))
     assert row is not None and row["transfer_syntax_uid"] == DeflatedExplicitVRLittleEndian
-    assert list(Spool(shared_node[1]).incoming.iterdir()) == []
+    assert [p for p in Spool(shared_node[1]).incoming.rglob("*") if p.is_file()] == []
 
 
 def test_instance_over_max_instance_mb_is_refused(tmp_path: Path) -> None:
