@@ -265,6 +265,7 @@ def test_gc_dry_run_lists_without_deleting_then_gc_deletes(tmp_path: Path) -> No
 @pytest.mark.parametrize("alarm_mb, alarmed", [(None, False), (10**9, True)])
 def test_status_shows_disk_alarm(tmp_path: Path, alarm_mb: int | None, alarmed: bool) -> None:
     cfg = settings_for(tmp_path, "" if alarm_mb is None else f"disk_alarm_mb = {alarm_mb}\n")
+    Ledger(load_config(cfg).ledger_url).close()  # a node has run here: `status` reads its ledger
     out = cli("status", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
