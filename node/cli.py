@@ -249,8 +249,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.ledger import Ledger
-    from node.outbox import dispatch_once, result_files
-    from node.queue import TASK_CLASSIFY, TASK_DISPATCH, Broker
+    from node.outbox import retry_job
+    from node.queue import Broker
 
     if bool(args.uid) == bool(args.failed):
         raise NodeError("retry needs a UID or --failed (not both)")
@@ -270,29 +270,12 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     bad = 0
     broker = Broker(settings)
     for row in rows:
-        uid, state = row["sop_instance_uid"], row["state"]
-        if state in ("rendered", "dispatched") or (state == "failed" and row["stage"] == "dispatch"):
-            # Re-send with the current configuration, in this process: a fixed destination is used at once.
-            if state != "rendered" and not ledger.transition(uid, "rendered", expected=[state], reason="retry by the operator"):
-                print(f"{uid}: changed meanwhile (now {ledger.find(uid)['state']}); not retried")  # type: ignore[index]
-                continue
-            outcome = dispatch_once(settings, ledger, uid, result_files(settings, uid))
-            if outcome.done:
-                ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
-                print(f"{uid}: dispatched")
-            elif outcome.transient and not (outcome.permanent or outcome.missing):
-                broker.send(TASK_DISPATCH, uid)
-                print(f"{uid}: not delivered yet ({outcome.reason()}); the workers keep retrying")
-            else:
-                ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
-                print(f"{uid}: failed again: {outcome.reason()}")
-                bad += 1
-        elif state == "failed":
-            ledger.transition(uid, "queued", expected=["failed"], reason="retry by the operator")
-            broker.send(TASK_CLASSIFY, uid)
-            print(f"{uid}: re-queued for classification")
-        else:
-            print(f"{uid}: {state}, nothing to retry")
+        state, detail = retry_job(settings, ledger, broker, row)
+        uid = row["sop_instance_uid"]
+        if state == "failed":
+            bad += 1
+            detail = f"failed again: {detail}"
+        print(f"{uid}: {'dispatched' if state == 'dispatched' else detail}")
     if not rows:
         print("nothing to retry")
     broker.close()

@@ -130,3 +130,34 @@ def dispatch_results(settings: Settings, ledger: Ledger, uid: str, files: Sequen
         return ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
     ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
     return False
+
+
+def retry_job(settings: Settings, ledger: Ledger, broker: Any, row: dict[str, Any]) -> tuple[str, str]:
+    """An operator's retry (``alnnode retry``, the console's Retry button); returns (state, detail).
+
+    A job that has results is re-sent now, in this process, with the current configuration (a fixed
+    destination is used at once; transient faults are left to the workers); a job that failed before
+    its results existed is queued for classification again. ``state`` is ``changed`` when the job
+    moved on meanwhile (nothing done).
+    """
+    from node.queue import TASK_CLASSIFY, TASK_DISPATCH
+
+    uid, state = row["sop_instance_uid"], row["state"]
+    if state in ("rendered", "dispatched") or (state == "failed" and row["stage"] == "dispatch"):
+        if state != "rendered" and not ledger.transition(uid, "rendered", expected=[state], reason="retry by the operator"):
+            now = ledger.find(uid) or {}
+            return "changed", f"changed meanwhile (now {now.get('state')}); not retried"
+        outcome = dispatch_once(settings, ledger, uid, result_files(settings, uid))
+        if outcome.done:
+            ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
+            return "dispatched", ", ".join(outcome.delivered)
+        if outcome.transient and not (outcome.permanent or outcome.missing):
+            broker.send(TASK_DISPATCH, uid)
+            return "rendered", f"not delivered yet ({outcome.reason()}); the workers keep retrying"
+        ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
+        return "failed", outcome.reason()
+    if state == "failed":
+        ledger.transition(uid, "queued", expected=["failed"], reason="retry by the operator")
+        broker.send(TASK_CLASSIFY, uid)
+        return "queued", "re-queued for classification"
+    return state, "nothing to retry"

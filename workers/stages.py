@@ -207,13 +207,12 @@ def dispatch(ctx: WorkerContext, uid: str, me: str) -> Outcome:
     settings = ctx.settings
     expected = EXPECTED["dispatch"]
     folder = ctx.folder(uid)
-    gated = gate.not_assessable(folder)  # input gate (#9): only the SR goes out, and status keeps the reason
+    gated = gate.not_assessable(folder)  # input gate (#9): status keeps the reason
     note = f"{gate.not_assessable_reason(gated)}; " if gated else ""
     if not settings.destinations:
         ctx.ledger.transition(uid, "dispatched", expected=expected, reason=f"{note}no destinations configured; results in {folder}", claimed_by=me)
         return Outcome()
-    files = [folder / SR_FILE] if gated else result_files(settings, uid)
-    outcome = dispatch_once(settings, ctx.ledger, uid, files)
+    outcome = dispatch_once(settings, ctx.ledger, uid, result_files(settings, uid))  # the SR alone when gated
     if outcome.done:
         ctx.ledger.transition(uid, "dispatched", expected=expected, reason=note + ", ".join(outcome.delivered), claimed_by=me)
         return Outcome()

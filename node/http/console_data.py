@@ -107,30 +107,15 @@ def heatmap_png(request: Request, uid: str) -> bytes:
 def retry_job(ledger: Ledger, settings: Settings, broker: Any, uid: str) -> dict[str, Any]:
     """The console's Retry button (as ``alnnode retry UID``): re-send results with the current
     destinations, or re-queue a job that failed before its results existed."""
-    from node.outbox import dispatch_once, result_files
-    from node.queue import TASK_CLASSIFY, TASK_DISPATCH
+    from node.outbox import retry_job as retry
 
     row = ledger.find(uid)
     if row is None:
         raise HTTPException(404, f"no job with SOP Instance UID {uid[:80]!r}")
-    state = row["state"]
-    if state in ("rendered", "dispatched") or (state == "failed" and row["stage"] == "dispatch"):
-        if state != "rendered" and not ledger.transition(uid, "rendered", expected=[state], reason="retry by the operator"):
-            raise HTTPException(409, f"job changed meanwhile (now {ledger.find(uid)['state']})")  # type: ignore[index]
-        outcome = dispatch_once(settings, ledger, uid, result_files(settings, uid))
-        if outcome.done:
-            ledger.transition(uid, "dispatched", expected=["rendered"], reason=", ".join(outcome.delivered))
-            return {"state": "dispatched", "detail": ", ".join(outcome.delivered)}
-        if outcome.transient and not (outcome.permanent or outcome.missing):
-            broker.send(TASK_DISPATCH, uid)
-            return {"state": "rendered", "detail": f"not delivered yet ({outcome.reason()}); the workers keep retrying"}
-        ledger.transition(uid, "failed", expected=["rendered"], stage="dispatch", reason=outcome.reason())
-        return {"state": "failed", "detail": outcome.reason()}
-    if state == "failed":
-        ledger.transition(uid, "queued", expected=["failed"], reason="retry by the operator")
-        broker.send(TASK_CLASSIFY, uid)
-        return {"state": "queued", "detail": "re-queued for classification"}
-    return {"state": state, "detail": "nothing to retry"}
+    state, detail = retry(settings, ledger, broker, row)
+    if state == "changed":
+        raise HTTPException(409, f"job {detail}")
+    return {"state": state, "detail": detail}
 
 
 def recent_associations(request: Request, limit: int = 100) -> list[dict[str, Any]]:

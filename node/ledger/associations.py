@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Engine, func, insert, select, update
 
 from node.ledger.schema import AE_MAX, HOST_MAX, associations, now
@@ -71,7 +69,3 @@ class AssociationsMixin:
             rows = conn.execute(select(associations.c.outcome, func.count()).group_by(associations.c.outcome))
             return {r[0]: int(r[1]) for r in rows}
 
-    def associations_since(self, association_id: int = 0) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(associations).where(associations.c.id > association_id).order_by(associations.c.id))
-            return [dict(r._mapping) for r in rows]

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.ledger.schema import NewInstance, instances, now, state_changes
@@ -286,18 +286,3 @@ class JobsMixin:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def retry_due(self, grace: float) -> list[dict[str, Any]]:
-        """Unclaimed jobs whose scheduled retry is more than ``grace`` seconds overdue (its message was lost)."""
-        limit = now() - dt.timedelta(seconds=grace)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(instances).where(
-                    and_(
-                        instances.c.state.in_(list(WAITING_STATES)),
-                        instances.c.claimed_by.is_(None),
-                        instances.c.retry_at.is_not(None),
-                        instances.c.retry_at < limit,
-                    )
-                )
-            )
-            return [dict(r._mapping) for r in rows]

@@ -42,7 +42,3 @@ class WorkersMixin:
             rows = conn.execute(select(workers).where(workers.c.last_seen >= limit).order_by(workers.c.id))
             return [dict(r._mapping) for r in rows]
 
-    def prune_workers(self, older_than: float) -> int:
-        limit = now() - dt.timedelta(seconds=older_than)
-        with self.engine.begin() as conn:
-            return int(conn.execute(delete(workers).where(workers.c.last_seen < limit)).rowcount or 0)
