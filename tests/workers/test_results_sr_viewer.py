@@ -19,7 +19,7 @@ from tests.helpers import require_tool
 from workers.gate import GateRules, image_reason, tag_reason
 from workers.prediction import Box
 from workers.results import build_sr
-from workers.results.sr_content import comment_text, percent_value
+from workers.results.sr_content import COMMENT_MAX, comment_text, percent_value
 
 FINDING = hd.sr.CodedConcept("111301", "DCM", "Axillary nodal metastases")
 
@@ -80,13 +80,13 @@ def test_dciodvfy_finds_nothing_of_ours_and_dsr2html_names_finding_probability_a
         (0.4372, 0.4371, "AI: ALN metastasis PRESENT 44 % (threshold 43.7 %)"),
         (0.2, 0.5, "AI: ALN metastasis ABSENT 20 % (threshold 50 %)"),
         (1e-9, 0.5, "AI: ALN metastasis ABSENT < 0.1 % (threshold 50 %)"),
-        (0.99995, 0.5, "AI: ALN metastasis PRESENT > 99.9 % (threshold 50 %)"),
+        (0.99995, 0.5, "AI: ALN metastasis PRESENT > 99.9 % (thr. 50 %)"),
     ],
 )
 def test_comment_is_short_and_a_tiny_probability_still_reads_as_a_number(probability: float, threshold: float,
                                                                          comment: str) -> None:  # fmt: skip
     prediction = make_prediction(probability=probability)
-    assert comment_text(prediction, threshold) == comment and len(comment) <= 52
+    assert comment_text(prediction, threshold) == comment and len(comment) <= COMMENT_MAX
     assert percent_value(probability) > 0.0  # OHIF prints a NUM of exactly 0 as a bare " %"
     sr = build_sr(prediction, source_header(), threshold=threshold)
     (value,) = [i.MeasuredValueSequence[0].NumericValue for i in _items(sr) if i.ValueType == "NUM"]
