@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy node workers
 
 test: $(STAMP) debian-tools viewer lint
-	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=30 $(PYTEST_ARGS)
 
 demo: $(STAMP) debian-tools
 	$(PY) -m node.demo

@@ -53,7 +53,7 @@ class HttpServer:
         )
         self.server = uvicorn.Server(self.config)
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((http.host, http.port))
