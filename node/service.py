@@ -146,8 +146,8 @@ class Node:
         for part in (self.receiver, self.publisher, self.reaper):
             if part is not None:
                 part.settings = new
-        if self.server is not None:
-            self.server.ae_title = new.node.ae_title  # pynetdicom checks the called AE title against it
+        for server in self._dimse_servers():
+            server.ae_title = new.node.ae_title  # pynetdicom checks the called AE title against it
         if held:
             logger.warning("config reload: %s take effect after a restart", ", ".join(held))
         logger.info("config reload from %s: %s", path, ", ".join(keys) or "no change")
@@ -173,16 +173,29 @@ class Node:
         self.http = HttpServer(self.settings, create_app(self.settings, self.ledger, spool=self.spool, node=self))
         self.http.start()
 
-    def drain(self, grace: float = DRAIN_SECONDS) -> None:
-        """Stop accepting associations and wait up to ``grace`` seconds for the running ones."""
+    def _dimse_servers(self) -> list[Any]:
+        """The plain DICOM port's server and, when ``[tls] port`` is set, the TLS port's."""
         if self.server is None:
+            return []
+        return [s for s in (self.server, self.receiver.tls_server) if s is not None]
+
+    def drain(self, grace: float = DRAIN_SECONDS) -> None:
+        """Stop accepting associations (both ports) and wait up to ``grace`` seconds for the running ones."""
+        servers = self._dimse_servers()
+        if not servers:
             return
-        server, self.server = self.server, None
-        server.shutdown()  # no new associations; the listening socket is closed
+        self.server = None
+        servers[0].shutdown()  # no new associations; the listening sockets (plain and TLS) are closed
+
+        def running() -> list[Any]:
+            return [assoc for server in servers for assoc in server.active_associations]
+
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        if busy := running():
+            logger.info("draining: waiting up to %.0f s for %d running association(s)", grace, len(busy))
+        while running() and time.monotonic() < deadline:
             time.sleep(0.1)
-        for assoc in server.active_associations:
+        for assoc in running():
             logger.warning("association from %s still running after %.0f s: aborted", assoc.requestor.ae_title, grace)
             assoc.abort()
 

@@ -4,14 +4,18 @@ when required, a certificate bound to another AE refused, a bound AE refused on 
 
 from __future__ import annotations
 
+import signal
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.ledger import Ledger
-from tests.helpers import NodeProcess, free_port, loop_copies, require_tool, write_config
+from tests.helpers import NodeProcess, free_port, loop_copies, require_tool, wait_for, write_config
 from tests.tls.certs import Cert, issue, make_ca
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,7 +36,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cert]:
 
 
 @pytest.fixture
-def tls_node(tmp_path: Path, pki: dict[str, Cert]) -> Iterator[tuple[int, int, Path]]:
+def tls_node(tmp_path: Path, pki: dict[str, Cert]) -> Iterator[tuple[int, int, Path, NodeProcess]]:
     port, tls_port = free_port(), free_port()
     data = tmp_path / "var"
     cfg = write_config(
@@ -56,7 +60,7 @@ require_client_certificate = true
 """,
     )
     proc = NodeProcess(cfg, port, tmp_path / "node.log").start()
-    yield port, tls_port, data
+    yield port, tls_port, data, proc
     proc.stop()
 
 
@@ -69,8 +73,9 @@ def dcmtk(
     ca: Cert | None = None,
     tls: bool = True,
     files: tuple[Path, ...] = (),
+    called: str = "ALN_AI",
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [require_tool(tool), "-v", "-aet", aet, "-aec", "ALN_AI", "-to", "20"]
+    cmd = [require_tool(tool), "-v", "-aet", aet, "-aec", called, "-to", "20"]
     if tls:
         cmd += ["+tls", str(cert.key), str(cert.cert)] if cert else ["+tla"]
         if ca:
@@ -86,9 +91,9 @@ def accepted(out: subprocess.CompletedProcess[str]) -> bool:
 
 
 def test_tls_echo_store_and_certificate_binding(
-    tls_node: tuple[int, int, Path], pki: dict[str, Cert], tmp_path: Path
+    tls_node: tuple[int, int, Path, NodeProcess], pki: dict[str, Cert], tmp_path: Path
 ) -> None:
-    port, tls_port, data = tls_node
+    port, tls_port, data, _proc = tls_node
     ca = pki["ca"]
     assert accepted(dcmtk("echoscu", tls_port, "US_ROOM1", cert=pki["room1"], ca=ca))
     assert accepted(dcmtk("echoscu", tls_port, "US_ROOM2", cert=pki["room2"], ca=ca))
@@ -116,3 +121,30 @@ def test_tls_echo_store_and_certificate_binding(
     assert (
         "not the one bound to it" in log and "bound to 'US_ROOM1'" in log and "must use the TLS port" in log
     )
+
+
+def test_tls_port_follows_a_reload_and_sigterm_drains_its_associations(
+    tls_node: tuple[int, int, Path, NodeProcess], pki: dict[str, Cert], tmp_path: Path
+) -> None:
+    """SIGHUP's new AE title applies to the TLS port too; SIGTERM waits for a running TLS association."""
+    _port, tls_port, _data, node = tls_node
+    assert node.proc is not None
+    cfg = tmp_path / "alnnode.toml"
+    cfg.write_text(cfg.read_text().replace('ae_title = "ALN_AI"', 'ae_title = "ALN_TLS"'))
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: b"config reload" in node.log.read_bytes(), 20, what="SIGHUP to reload the configuration")
+    assert accepted(dcmtk("echoscu", tls_port, "US_ROOM1", cert=pki["room1"], ca=pki["ca"], called="ALN_TLS"))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"].cert))
+    context.load_cert_chain(str(pki["room1"].cert), str(pki["room1"].key))
+    ae = AE(ae_title="US_ROOM1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", tls_port, ae_title="ALN_TLS", tls_args=(context, "localhost"))
+    assert assoc.is_established
+    try:
+        node.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: b"for 1 running association" in node.log.read_bytes(), 20, what="the drain to wait")
+        status = assoc.send_c_echo()
+        assert status is not None and status.Status == 0x0000, "the running TLS association still works"
+    finally:
+        assoc.release()
+    assert node.proc.wait(60) == 0
