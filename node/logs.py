@@ -73,6 +73,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
+class PeerDisconnectFilter(logging.Filter):
+    """pynetdicom logs a peer that resets or times out as ERROR with a traceback (``LOGGER.exception``
+    on an ``OSError``). For an edge on a hospital network that is routine, not a fault of the node:
+    such a record becomes one WARNING line without the traceback. Other pynetdicom exceptions keep
+    their level and traceback (they may be bugs)."""
+
+    ROUTINE = "Connection closed before the entire PDU was received"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pynetdicom"):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, OSError):  # ConnectionResetError, BrokenPipeError, TimeoutError, ssl.SSLError
+            record.msg, record.args = f"peer connection error: {error}", None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif record.levelno == logging.ERROR and record.getMessage() == self.ROUTINE:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def make_handler(
     fmt: str = "text",
     log_file: str | Path | None = None,
@@ -98,6 +119,7 @@ def make_handler(
         except OSError as exc:
             raise ValueError(f"log file {str(path)!r} cannot be opened: {exc.strerror or exc}") from None
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(PeerDisconnectFilter())
     return handler
 
 

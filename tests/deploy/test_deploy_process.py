@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node.logs import JsonFormatter, TextFormatter
+from node.logs import JsonFormatter, TextFormatter, make_handler
 from tests.helpers import ALNNODE, ROOT, free_port, require_tool, write_config
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+\[\d+\]: ")
@@ -107,6 +107,38 @@ def test_formatters_escape_newlines_and_keep_context() -> None:
     assert "\n" not in text and TEXT_LINE.match(text) and "sop_instance_uid=1.2.3" in text and "ValueError" in text
     obj = json.loads(JsonFormatter().format(record))
     assert obj["msg"] == "failed 1.2.3\nnext" and obj["sop_instance_uid"] == "1.2.3" and "ValueError" in obj["exc"]
+
+
+def test_peer_resets_logged_by_pynetdicom_are_one_warning_line(tmp_path: Path) -> None:
+    """pynetdicom's ``LOGGER.exception`` on a peer's reset becomes one WARNING line; a pynetdicom bug keeps
+    its traceback, and the node's own records are untouched."""
+    handler = make_handler("text", tmp_path / "node.log")
+    dul, own = logging.getLogger("pynetdicom.dul"), logging.getLogger("node.receive.scp")
+    saved = dul.propagate
+    for logger in (dul, own):
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        dul.error("Connection closed before the entire PDU was received")
+        for exc in (ConnectionResetError(104, "Connection reset by peer"), TimeoutError("timed out"), KeyError("bug")):
+            try:
+                raise exc
+            except Exception as caught:
+                dul.exception(caught)
+                own.exception("own: %s", type(caught).__name__)
+    finally:
+        for logger in (dul, own):
+            logger.removeHandler(handler)
+        dul.propagate, own.propagate = saved, True
+        handler.close()
+    lines = (tmp_path / "node.log").read_text().splitlines()
+    pyn = [line for line in lines if "pynetdicom.dul" in line]
+    assert [" WARNING " in line for line in pyn] == [True, True, True, False]
+    assert "peer connection error: [Errno 104] Connection reset by peer" in pyn[1] and "exc=" not in pyn[1]
+    assert "peer connection error: timed out" in pyn[2] and "exc=" not in pyn[2]
+    assert " ERROR " in pyn[3] and "exc=" in pyn[3] and "KeyError" in pyn[3]
+    own_lines = [line for line in lines if "node.receive.scp" in line]
+    assert len(own_lines) == 3 and all(" ERROR " in line and "exc=" in line for line in own_lines)
 
 
 def test_worker_log_options_reach_the_worker(tmp_path: Path) -> None:
