@@ -1,8 +1,9 @@
 """UPS-RS (PS3.18 section 11): workitems of the node's AI tasks (``node.http.ups_work``).
 
 ``GET /dicom-web/workitems`` (search, ``ProcedureStepState``/``limit``/``offset``) and
-``GET /dicom-web/workitems/{uid}`` for viewers; ``POST /dicom-web/workitems[?{uid}]`` (create, PS3.18
-11.4) for requesters with the ``modality`` role: the workitem's InputInformationSequence names a study
+``GET /dicom-web/workitems/{uid}`` for viewers; ``POST /dicom-web/workitems/{uid}/cancelrequest``
+(PS3.18 11.8) and ``POST /dicom-web/workitems[?{uid}]`` (create, PS3.18 11.4) for requesters with the
+``modality`` role: the workitem's InputInformationSequence names a study
 (StudyInstanceUID) and the ``[[sources]]`` archive that holds it (RetrieveURL under the source's URL, or
 RetrieveAETitle = the source's name; either may be left out when one source is configured).
 """
@@ -135,20 +136,79 @@ def search_workitems(
     return JSONResponse(found[offset : offset + limit], media_type=DICOM_JSON)
 
 
+def _find(w: Workitems, uid: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(created workitem record, job) of workitem ``uid``; 404 when there is neither."""
+    record = w.load(uid)
+    if record is not None:
+        return record, None
+    for job in w.ledger.last_jobs(100000):
+        if job_workitem_uid(job["sop_instance_uid"]) == uid:
+            full = w.ledger.find(job["sop_instance_uid"])
+            if full is not None:
+                return None, full
+    raise HTTPException(404, f"no workitem {uid[:64]}")
+
+
 @router.get("/workitems/{uid}")
 def get_workitem(
     request: Request, uid: str, _who: Annotated[Principal, Depends(require("viewer"))]
 ) -> JSONResponse:
     w = workitems(request)
-    record = w.load(uid)
+    record, job = _find(w, uid)
     if record is not None:
         return JSONResponse([_created_workitem(w, record)], media_type=DICOM_JSON)
-    for job in w.ledger.last_jobs(100000):
-        if job_workitem_uid(job["sop_instance_uid"]) == uid:
-            full = w.ledger.find(job["sop_instance_uid"])
-            if full is not None:
-                return JSONResponse([_job_workitem(w, full)], media_type=DICOM_JSON)
-    raise HTTPException(404, f"no workitem {uid[:64]}")
+    assert job is not None
+    return JSONResponse([_job_workitem(w, job)], media_type=DICOM_JSON)
+
+
+SCHEDULED_JOB_STATES = ("received", "queued")  # the jobs of a SCHEDULED workitem: no stage has finished
+
+
+@router.post("/workitems/{uid}/cancelrequest", status_code=202)
+async def cancel_workitem(
+    request: Request, uid: str, who: Annotated[Principal, Depends(require("modality"))]
+) -> Response:
+    """Request Cancellation (PS3.18 11.8, PS3.4 CC.2.4). The node is the performer: a SCHEDULED workitem
+    is canceled at once (its jobs end ``skipped`` with the reason, a stage that picks one up later
+    changes nothing); an IN PROGRESS one is finished, not cut off (409), as are COMPLETED and CANCELED ones."""
+    body = await request.body()
+    reason = ""
+    if body.strip():
+        try:
+            payload = json.loads(body)
+            ds = Dataset.from_json(payload[0] if isinstance(payload, list) else payload)
+            reason = str(ds.get("ReasonForCancellation", "") or "")
+        except Exception as exc:
+            raise HTTPException(400, f"the body is not one DICOM JSON data set: {exc}") from None
+    w = workitems(request)
+    record, job = _find(w, uid)
+    if record is not None:
+        state = w.state_of(record)[0]
+        jobs = [j for j in (w.ledger.find(u) for u in record["inputs"]) if j is not None]
+        waiting = [j for j in jobs if j["state"] in SCHEDULED_JOB_STATES]
+        running = [j for j in jobs if STATE_OF_JOB[j["state"]] == "IN PROGRESS"]
+        cancelable = record["fetch"] == "done" and bool(waiting) and not running
+    else:
+        assert job is not None
+        state, waiting = STATE_OF_JOB.get(job["state"], "SCHEDULED"), [job]
+        cancelable = job["state"] in SCHEDULED_JOB_STATES
+    if not cancelable:
+        why = (
+            f"workitem {uid} is already {state}"
+            if state in ("COMPLETED", "CANCELED")
+            else f"workitem {uid} is {state}: this performer finishes a loop it has started (seconds)"
+        )
+        raise HTTPException(409, why, headers={"Warning": f'299 alnnode "{why}"'})
+    text = f"canceled by {who.name!r} (UPS-RS)" + (f": {reason}" if reason else "")
+    moved = [
+        j["sop_instance_uid"]
+        for j in waiting
+        if w.ledger.transition(j["sop_instance_uid"], "skipped", expected=SCHEDULED_JOB_STATES, reason=text[:1024])
+    ]
+    if not moved:  # every job moved on between the read and the write
+        raise HTTPException(409, f"workitem {uid} is no longer SCHEDULED")
+    logger.info("UPS-RS workitem %s: %s (%d job(s))", uid, text, len(moved))
+    return Response(status_code=202)
 
 
 def _source_of(request: Request, item: Dataset) -> Source:
