@@ -98,6 +98,8 @@ def test_workitem_from_an_orthanc_source_completes(
         sr = [r.ReferencedSOPInstanceUID for r in refs if r.ReferencedSOPClassUID == SR_CLASS]
         assert len(sr) == 1 and len(refs) == 3
         wait_for(lambda: orthanc.orthanc_id(sr[0]) is not None, 60, what="SR in the destination")
+        done = requests.post(f"{root}/workitems/{uid}/cancelrequest", headers=headers, timeout=30)
+        assert done.status_code == 409 and "already COMPLETED" in done.json()["detail"]
 
         # a job received over DIMSE is a workitem too
         storescu(port, direct)
