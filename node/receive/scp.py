@@ -125,14 +125,14 @@ class Receiver:
         count_association(calling, accepted=False)
         if self.audit is not None:
             self.audit.association(calling, host, accepted=False, reason=reason)
+        try:  # recorded before the peer hears of it, so `alnnode status` agrees with what the peer saw
+            self.ledger.record_rejected(calling, called, host, port, reason)
+        except Exception as exc:  # the ledger being down never lets a caller in
+            logger.error("could not record the rejection of %s@%s in the ledger: %s", calling, host, exc)
         try:
             event.assoc.acse.send_reject(*code)
         finally:
             event.assoc.kill()
-            try:
-                self.ledger.record_rejected(calling, called, host, port, reason)
-            except Exception as exc:  # the ledger being down never lets a caller in
-                logger.error("could not record the rejection of %s@%s in the ledger: %s", calling, host, exc)
 
     def handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
