@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from starlette.concurrency import run_in_threadpool
 
 from node.config import Source
 from node.http.app import ledger_of, settings_of, spool_of
@@ -180,7 +181,11 @@ async def cancel_workitem(
             reason = str(ds.get("ReasonForCancellation", "") or "")
         except Exception as exc:
             raise HTTPException(400, f"the body is not one DICOM JSON data set: {exc}") from None
-    w = workitems(request)
+    await run_in_threadpool(_cancel, workitems(request), uid, reason, who)  # ledger I/O off the event loop
+    return Response(status_code=202)
+
+
+def _cancel(w: Workitems, uid: str, reason: str, who: Principal) -> None:
     record, job = _find(w, uid)
     if record is not None:
         state = w.state_of(record)[0]
@@ -207,8 +212,8 @@ async def cancel_workitem(
     ]
     if not moved:  # every job moved on between the read and the write
         raise HTTPException(409, f"workitem {uid} is no longer SCHEDULED")
-    logger.info("UPS-RS workitem %s: %s (%d job(s))", uid, text, len(moved))
-    return Response(status_code=202)
+    # the reason is the requester's free text (it may name the patient): kept in the ledger, not logged
+    logger.info("UPS-RS workitem %s canceled by %r (%d job(s))", uid, who.name, len(moved))
 
 
 def _source_of(request: Request, item: Dataset) -> Source:
