@@ -188,16 +188,15 @@ async def cancel_workitem(
 def _cancel(w: Workitems, uid: str, reason: str, who: Principal) -> None:
     record, job = _find(w, uid)
     if record is not None:
-        state = w.state_of(record)[0]
         jobs = [j for j in (w.ledger.find(u) for u in record["inputs"]) if j is not None]
         waiting = [j for j in jobs if j["state"] in SCHEDULED_JOB_STATES]
-        running = [j for j in jobs if STATE_OF_JOB[j["state"]] == "IN PROGRESS"]
+        running = any(STATE_OF_JOB[j["state"]] == "IN PROGRESS" for j in jobs)
         cancelable = record["fetch"] == "done" and bool(waiting) and not running
     else:
         assert job is not None
-        state, waiting = STATE_OF_JOB.get(job["state"], "SCHEDULED"), [job]
-        cancelable = job["state"] in SCHEDULED_JOB_STATES
-    if not cancelable:
+        waiting, cancelable = [job], job["state"] in SCHEDULED_JOB_STATES
+    if not cancelable:  # the workitem's state, for the message only
+        state = w.state_of(record)[0] if record is not None else STATE_OF_JOB.get(waiting[0]["state"], "SCHEDULED")
         why = (
             f"workitem {uid} is already {state}"
             if state in ("COMPLETED", "CANCELED")
