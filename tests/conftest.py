@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,21 @@ import pytest
 from tests.helpers import ROOT, NodeProcess, free_port, write_config
 
 pytest_plugins = ["tests.orthanc", "tests.postgres", "tests.redis"]
+_DISK_AT_START = pytest.StashKey[str]()
+
+
+def _disk_free() -> str:
+    where = {"temp": Path(tempfile.gettempdir()), "repo": ROOT}
+    return ", ".join(f"{name} {shutil.disk_usage(p).free / 2**30:.1f} GiB ({p})" for name, p in where.items())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_DISK_AT_START] = _disk_free()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Free disk space where the suite writes, at start and end (a CI machine once ran out of it part-way)."""
+    terminalreporter.write_line(f"disk free at start: {config.stash[_DISK_AT_START]}; at end: {_disk_free()}")
 
 
 @pytest.fixture
