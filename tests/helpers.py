@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -125,9 +126,11 @@ class NodeProcess:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*ALNNODE, "-v", "serve", "--allow-root", "--config", str(self.config)], stdout=log, stderr=log, cwd=ROOT, env=env)
-        # Readiness from the node's own "listening on" line: a bare TCP probe would hold an
-        # association slot open until the ACSE timeout.
-        wait_for(lambda: b"listening on" in self.log.read_bytes()[offset:] or self.proc is None or self.proc.poll() is not None, 60, what="node to listen")
+        # Readiness from the node's own "listening on" line for the DICOM port: a bare TCP probe would
+        # hold an association slot open until the ACSE timeout. The HTTP server's "listening on" line
+        # comes first, some milliseconds before the DICOM port is bound, so the port is part of the match.
+        ready = re.compile(rb"listening on \S*:%d\b" % self.port)
+        wait_for(lambda: ready.search(self.log.read_bytes()[offset:]) is not None or self.proc is None or self.proc.poll() is not None, 60, what="node to listen")
         assert self.proc.poll() is None, self.log.read_text()
         return self
 
